@@ -1,0 +1,79 @@
+"""The REST API v1 (django-ninja): routers from each app, one auth, one error shape."""
+
+import logging
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, HttpRequest, HttpResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+
+from apps.accounts.api import router as accounts_router
+from apps.accounts.auth import api_auth
+from registry_site.api_errors import ApiError, api_error_response, error_response
+
+logger = logging.getLogger("regent.api")
+
+api = NinjaAPI(
+    title="Regent API",
+    version="1",
+    description="Versioned models, verified artifacts, approvals and audit. "
+    "Authenticate with `Authorization: Bearer <token>` (create one under Tokens).",
+    auth=api_auth,
+    urls_namespace="api",
+    docs_url=None,
+)
+api.add_router("/", accounts_router)
+
+
+@api.exception_handler(ApiError)
+def on_api_error(request: HttpRequest, exc: ApiError) -> HttpResponse:
+    return api_error_response(exc)
+
+
+@api.exception_handler(ValidationError)
+def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    fields = [_field_name(error.get("loc", ())) for error in exc.errors]
+    details = {
+        "errors": [
+            {"field": field, "message": error.get("msg", "")}
+            for field, error in zip(fields, exc.errors, strict=True)
+        ]
+    }
+    message = "Invalid input: " + ", ".join(sorted(set(fields))) + "."
+    return error_response(422, message, code="invalid", details=details)
+
+
+def _field_name(location: tuple | list) -> str:
+    # Ninja locations look like ("body", "payload", "name"); keep the part a user wrote.
+    parts = [str(part) for part in location if part not in ("body", "query", "path", "payload")]
+    return ".".join(parts) or "body"
+
+
+@api.exception_handler(AuthenticationError)
+def on_authentication_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return error_response(401, "Authentication required.")
+
+
+@api.exception_handler(HttpError)
+def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    return error_response(exc.status_code, str(exc))
+
+
+@api.exception_handler(Http404)
+def on_not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return error_response(404, "Not found.")
+
+
+@api.exception_handler(RequestDataTooBig)
+def on_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return error_response(413, f"The request body is larger than {limit} bytes.")
+
+
+@api.exception_handler(Exception)
+def on_unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
+    if settings.DEBUG and settings.DEBUG_PROPAGATE_EXCEPTIONS:
+        raise exc
+    logger.exception("Unhandled API error")
+    return error_response(500, "Internal server error.")

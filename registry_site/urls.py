@@ -1,0 +1,24 @@
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
+from django.urls import include, path
+from django.views.generic import RedirectView
+from ninja.openapi.views import openapi_view
+
+from registry_site import health
+from registry_site.api import api
+
+
+def api_docs(request: HttpRequest) -> HttpResponse:
+    return openapi_view(request, api=api)
+
+
+urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="accounts:tokens"), name="home"),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("accounts/", include("apps.accounts.urls")),
+    path("audit/", include("apps.audit.urls")),
+    path("api/v1/", api.urls),
+    path("api/docs", api_docs, name="api-docs"),
+    path("admin/", admin.site.urls),
+]
