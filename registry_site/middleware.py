@@ -1,8 +1,10 @@
 """Site-wide middleware: every error under /api/ speaks the JSON error shape."""
 
 import logging
+import re
 from collections.abc import Callable
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 
@@ -11,6 +13,8 @@ from registry_site.api_errors import error_response
 logger = logging.getLogger(__name__)
 
 API_PREFIXES = ("/api/",)
+# Artifact uploads stream their body to storage under their own size limit.
+STREAMED_UPLOAD = re.compile(r"^/api/v1/models/[^/]+/versions/[^/]+/files/")
 
 
 def is_api_path(path: str) -> bool:
@@ -28,6 +32,9 @@ class ApiErrorMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if is_api_path(request.path) and _declares_oversized_body(request):
+            limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+            return error_response(413, f"The request body is larger than {limit} bytes.")
         response = self.get_response(request)
         if not is_api_path(request.path) or response.status_code < 400:
             return response
@@ -45,3 +52,14 @@ class ApiErrorMiddleware:
             return error_response(413, "The request body is too large.")
         logger.exception("Unhandled error in %s %s", request.method, request.path)
         return error_response(500, "Internal server error.")
+
+
+def _declares_oversized_body(request: HttpRequest) -> bool:
+    """Refuse a declared oversized JSON body before anything reads it."""
+    if STREAMED_UPLOAD.match(request.path):
+        return False
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return False
+    return length > settings.DATA_UPLOAD_MAX_MEMORY_SIZE

@@ -23,7 +23,9 @@ def audit_sign_out(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
 
 
 @receiver(user_login_failed)
-def audit_failed_sign_in(sender: Any, credentials: dict, request: Any = None, **kwargs: Any) -> None:
+def audit_failed_sign_in(
+    sender: Any, credentials: dict, request: Any = None, **kwargs: Any
+) -> None:
     attempted = str(credentials.get("username", ""))[:MAX_ATTEMPTED_NAME]
     # Its own transaction: the failed attempt is recorded even if the caller rolls back.
     with transaction.atomic():

@@ -37,7 +37,8 @@ class RequestContext:
 
 
 _current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar(
-    "regent_request_context", default=RequestContext()
+    "regent_request_context",
+    default=RequestContext(),  # noqa: B039 (a frozen dataclass: immutable)
 )
 
 MAX_USER_AGENT = 512

@@ -66,3 +66,6 @@ class AuditCheck(models.Model):
     class Meta:
         ordering = ["-checked_at"]
         get_latest_by = "checked_at"
+
+    def __str__(self) -> str:
+        return f"{'intact' if self.ok else 'broken'} at {self.checked_at:%Y-%m-%d %H:%M}"

@@ -2,8 +2,8 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.audit.services import audit_check_record
 from apps.audit.selectors import audit_verify_chain
+from apps.audit.services import audit_check_record
 
 
 class Command(BaseCommand):
@@ -18,6 +18,5 @@ class Command(BaseCommand):
                 f"({report.events_checked} events verified before it)."
             )
         self.stdout.write(
-            f"Audit chain intact: {report.events_checked} events verified, "
-            f"head {report.head_hash}."
+            f"Audit chain intact: {report.events_checked} events verified, head {report.head_hash}."
         )
