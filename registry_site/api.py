@@ -10,6 +10,8 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from apps.accounts.api import router as accounts_router
 from apps.accounts.auth import api_auth
+from apps.registry.api import router as registry_router
+from apps.registry.api_files import router as files_router
 from registry_site.api_errors import ApiError, api_error_response, error_response
 
 logger = logging.getLogger("regent.api")
@@ -24,6 +26,8 @@ api = NinjaAPI(
     docs_url=None,
 )
 api.add_router("/", accounts_router)
+api.add_router("/models", registry_router)
+api.add_router("/models", files_router)
 
 
 @api.exception_handler(ApiError)
