@@ -23,3 +23,7 @@ urlpatterns = [
     path("api/docs", api_docs, name="api-docs"),
     path("admin/", admin.site.urls),
 ]
+
+handler403 = "registry_site.errors.handler403"
+handler404 = "registry_site.errors.handler404"
+handler500 = "registry_site.errors.handler500"
