@@ -198,6 +198,7 @@ STORAGES = {
 MEDIA_ROOT = DATA_DIR / "media"
 FILE_UPLOAD_PERMISSIONS = 0o600
 FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
+REGENT_MAX_ARTIFACT_BYTES = env_int("REGENT_MAX_ARTIFACT_BYTES", 50 * 1024**3)
 # JSON bodies and form posts; artifact uploads stream past this limit through their own handler.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("REGENT_MAX_JSON_BODY", 1024 * 1024)
 
@@ -219,7 +220,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "max_retries": 2,
 }
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5}
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE = {
+    "verify-audit-chain": {"task": "apps.audit.tasks.audit_verify_task", "schedule": 24 * 3600},
+    "scrub-artifacts": {"task": "apps.registry.tasks.scrub_artifacts_task", "schedule": 3600},
+    "sweep-unverified": {"task": "apps.registry.tasks.sweep_unverified_task", "schedule": 300},
+}
 
 # --- Email ----------------------------------------------------------------------------------
 EMAIL_HOST = env_str("EMAIL_HOST") or ""
