@@ -1,0 +1,116 @@
+"""Reads shared by the approval pages, the API and the emails."""
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Count, Prefetch, Q, QuerySet
+
+from apps.approvals.access import promotions_visible_to
+from apps.approvals.models import (
+    Decision,
+    PromotionRequest,
+    PromotionStatus,
+    Review,
+    Stage,
+    StageAssignment,
+    StageGroupObjectPermission,
+    StageUserObjectPermission,
+)
+from apps.registry.models import ModelVersion, RegisteredModel
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    name: str
+    value: Any
+    holder_value: Any
+    delta: float | None
+    better: bool | None  # None when the direction is unknown or there is nothing to compare
+
+
+def metrics_comparison(version: ModelVersion, stage: Stage) -> list[MetricRow]:
+    """The version's metrics next to the stage holder's, with deltas and direction."""
+    holder = stage.current_version
+    holder_metrics = holder.metrics if holder and holder.pk != version.pk else {}
+    directions = version.model.metric_directions or {}
+    names = sorted(set(version.metrics) | set(holder_metrics))
+    return [
+        _row(name, version.metrics.get(name), holder_metrics.get(name), directions)
+        for name in names
+    ]
+
+
+def _row(name: str, value: Any, holder: Any, directions: dict[str, str]) -> MetricRow:
+    if not (_number(value) and _number(holder)):
+        return MetricRow(name, value, holder, None, None)
+    delta = value - holder
+    direction = directions.get(name)
+    better = None
+    if direction in ("higher", "lower") and delta != 0:
+        better = (delta > 0) == (direction == "higher")
+    return MetricRow(name, value, holder, delta, better)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def promotion_queryset(user: Any) -> QuerySet[PromotionRequest]:
+    return (
+        promotions_visible_to(user)
+        .select_related("version__model", "stage", "requested_by", "version__created_by")
+        .annotate(
+            approvals=Count("reviews", filter=Q(reviews__decision=Decision.APPROVE), distinct=True)
+        )
+        .prefetch_related(Prefetch("reviews", queryset=Review.objects.select_related("reviewer")))
+    )
+
+
+def stages_where_approver(user: Any) -> QuerySet[Stage]:
+    direct = StageUserObjectPermission.objects.filter(
+        user=user, permission__codename="approve_stage"
+    ).values("content_object_id")
+    via_groups = StageGroupObjectPermission.objects.filter(
+        group__in=user.groups.all(), permission__codename="approve_stage"
+    ).values("content_object_id")
+    return Stage.objects.filter(Q(pk__in=direct) | Q(pk__in=via_groups))
+
+
+def inbox(user: Any) -> dict[str, QuerySet[PromotionRequest]]:
+    """Waiting for me, requested by me, recently decided — all permission-filtered."""
+    base = promotion_queryset(user)
+    waiting = (
+        base.filter(status=PromotionStatus.PENDING, stage__in=stages_where_approver(user))
+        .exclude(requested_by=user)
+        .exclude(version__created_by=user)
+        .exclude(reviews__reviewer=user)
+    )
+    return {
+        "waiting": waiting.order_by("expires_at"),
+        "mine": base.filter(requested_by=user).order_by("-created_at")[:50],
+        "decided": base.exclude(status=PromotionStatus.PENDING).order_by("-decided_at")[:50],
+    }
+
+
+def stage_history(stage: Stage) -> QuerySet[StageAssignment]:
+    return stage.history.select_related("version", "assigned_by", "promotion")
+
+
+def stage_summary(model: RegisteredModel) -> dict[str, int | None]:
+    """{"production": 3, "staging": None} for the model page and API."""
+    rows = Stage.objects.filter(model=model).select_related("current_version")
+    return {
+        stage.name: stage.current_version.number if stage.current_version else None
+        for stage in rows
+    }
+
+
+def holder_at(stage: Stage, moment: Any) -> StageAssignment | None:
+    """What held `stage` at `moment` (None: nothing did)."""
+    return (
+        stage.history.filter(started_at__lte=moment)
+        .filter(Q(ended_at__isnull=True) | Q(ended_at__gt=moment))
+        .select_related("version", "assigned_by", "promotion")
+        .first()
+    )

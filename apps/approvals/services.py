@@ -1,0 +1,425 @@
+"""Every change to stages, policies, promotion requests and reviews.
+
+Each service is one transaction that ends with its audit event. State transitions happen
+under a row lock on the promotion request (or the stage), so two approvers at once, an
+approval racing a cancellation, or a double submit have exactly one outcome.
+"""
+
+from datetime import timedelta
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from apps.approvals import gates
+from apps.approvals.access import is_approver
+from apps.approvals.models import (
+    DEFAULT_STAGES,
+    Decision,
+    PromotionRequest,
+    PromotionStatus,
+    Review,
+    Stage,
+    StageAssignment,
+    StagePolicy,
+)
+from apps.audit.services import audit_record
+from apps.registry.access import can
+from apps.registry.models import ModelVersion, RegisteredModel
+from registry_site.api_errors import ApiError, Conflict, Forbidden
+
+DEFAULT_REQUIRED_APPROVALS = {"staging": 1, "production": 2}
+MAX_COMMENT = 10_000
+
+
+def stages_create_defaults(model: RegisteredModel) -> list[Stage]:
+    """`staging` and `production` with their default policies (called by `model_create`)."""
+    stages = []
+    for name, position in DEFAULT_STAGES:
+        stage = Stage.objects.create(model=model, name=name, position=position)
+        StagePolicy.objects.create(
+            stage=stage, required_approvals=DEFAULT_REQUIRED_APPROVALS.get(name, 1)
+        )
+        stages.append(stage)
+    return stages
+
+
+def _locked(promotion: PromotionRequest) -> PromotionRequest:
+    return (
+        PromotionRequest.objects.select_for_update(of=("self",))
+        .select_related("stage__policy", "version__model", "stage__current_version")
+        .get(pk=promotion.pk)
+    )
+
+
+def _ensure_pending(promotion: PromotionRequest) -> None:
+    if promotion.status != PromotionStatus.PENDING:
+        raise Conflict(
+            f"This request is {promotion.status}; it can no longer be decided.",
+            details={"status": promotion.status},
+        )
+    if promotion.expires_at <= timezone.now():
+        raise Conflict("This request has expired.", details={"status": "expired"})
+
+
+def ensure_can_review(promotion: PromotionRequest, reviewer: Any) -> None:
+    """Separation of duties first (on every channel, superusers included), then the role."""
+    if reviewer.pk in (promotion.requested_by_id, promotion.version.created_by_id):
+        raise Forbidden(
+            "Authors and requesters cannot review their own promotion.",
+            code="separation_of_duties",
+        )
+    if not is_approver(reviewer, promotion.stage):
+        raise Forbidden(
+            f"You are not an approver of {promotion.stage.name}.", code="not_an_approver"
+        )
+
+
+def _gate_check(version: ModelVersion, stage: Stage) -> list[gates.GateResult]:
+    results = gates.evaluate_gates(version, stage, stage.policy)
+    failing = gates.failed(results)
+    if failing:
+        raise ApiError(
+            "; ".join(result.message for result in failing),
+            code="gate_failed",
+            status=409,
+            details={"gates": [result.as_dict() for result in failing]},
+        )
+    return results
+
+
+@transaction.atomic
+def promotion_request(
+    *, actor: Any, version: ModelVersion, stage: Stage, reason: str = ""
+) -> PromotionRequest:
+    """Ask to put `version` into `stage`; gates must pass; no approvals needed ⇒ moves now."""
+    if stage.model_id != version.model_id:
+        raise ApiError("That stage belongs to another model.", details={"field": "stage"})
+    stage = Stage.objects.select_for_update().select_related("policy").get(pk=stage.pk)
+    if stage.current_version_id == version.pk:
+        raise Conflict(f"v{version.number} already holds {stage.name}.")
+    results = _gate_check(version, stage)
+    policy = stage.policy
+    try:
+        with transaction.atomic():
+            promotion = PromotionRequest.objects.create(
+                version=version,
+                stage=stage,
+                requested_by=actor,
+                reason=reason[:MAX_COMMENT],
+                required_approvals=policy.required_approvals,
+                gate_results=[result.as_dict() for result in results],
+                expires_at=timezone.now() + timedelta(hours=policy.request_ttl_hours),
+            )
+    except IntegrityError:
+        raise Conflict(
+            f"A request to put v{version.number} into {stage.name} is already open."
+        ) from None
+    audit_record(
+        actor=actor,
+        action="promotion.requested",
+        target=promotion,
+        changes={"after": {"version": version.number, "stage": stage.name, "reason": reason}},
+    )
+    if policy.required_approvals == 0:
+        _approve_and_assign(promotion, actor)
+    else:
+        _enqueue("notify_approvers_task", promotion.pk)
+    return promotion
+
+
+@transaction.atomic
+def promotion_approve(
+    *, promotion: PromotionRequest, reviewer: Any, comment: str = "", via: str
+) -> PromotionRequest:
+    """Record an approval; move the stage when the quorum is reached."""
+    promotion = _locked(promotion)
+    _ensure_pending(promotion)
+    ensure_can_review(promotion, reviewer)
+    _create_review(promotion, reviewer, Decision.APPROVE, comment, via)
+    audit_record(
+        actor=reviewer,
+        action="promotion.reviewed",
+        target=promotion,
+        changes={"decision": "approve", "comment": comment},
+        via=via,
+    )
+    approvals = promotion.reviews.filter(decision=Decision.APPROVE).count()
+    if approvals >= promotion.required_approvals:
+        _approve_and_assign(promotion, reviewer)
+    return promotion
+
+
+@transaction.atomic
+def promotion_reject(
+    *, promotion: PromotionRequest, reviewer: Any, comment: str, via: str
+) -> PromotionRequest:
+    """One rejection rejects; a reason is required."""
+    if not comment.strip():
+        raise ApiError("A rejection needs a comment.", details={"field": "comment"})
+    promotion = _locked(promotion)
+    _ensure_pending(promotion)
+    ensure_can_review(promotion, reviewer)
+    _create_review(promotion, reviewer, Decision.REJECT, comment, via)
+    _close(promotion, PromotionStatus.REJECTED)
+    audit_record(
+        actor=reviewer,
+        action="promotion.rejected",
+        target=promotion,
+        changes={"decision": "reject", "comment": comment},
+        via=via,
+    )
+    _enqueue("notify_decision_task", promotion.pk)
+    return promotion
+
+
+@transaction.atomic
+def promotion_cancel(*, promotion: PromotionRequest, actor: Any) -> PromotionRequest:
+    """The requester or an owner withdraws a pending request."""
+    promotion = _locked(promotion)
+    if actor.pk != promotion.requested_by_id and not can(actor, "manage", promotion.stage.model):
+        raise Forbidden("Only the requester or an owner can cancel this request.")
+    _ensure_pending(promotion)
+    _close(promotion, PromotionStatus.CANCELLED)
+    audit_record(actor=actor, action="promotion.cancelled", target=promotion)
+    return promotion
+
+
+def _create_review(
+    promotion: PromotionRequest, reviewer: Any, decision: str, comment: str, via: str
+) -> Review:
+    if promotion.reviews.filter(reviewer=reviewer).exists():
+        raise Conflict("You have already reviewed this request.")
+    return Review.objects.create(
+        promotion=promotion,
+        reviewer=reviewer,
+        decision=decision,
+        comment=comment[:MAX_COMMENT],
+        via=via,
+    )
+
+
+def _close(promotion: PromotionRequest, status: str) -> None:
+    promotion.status = status
+    promotion.decided_at = timezone.now()
+    promotion.revision += 1
+    promotion.save(update_fields=["status", "decided_at", "revision"])
+
+
+def _approve_and_assign(promotion: PromotionRequest, actor: Any) -> None:
+    """Quorum reached: gates again, move the stage, supersede the rest, notify."""
+    _gate_check(promotion.version, promotion.stage)
+    _close(promotion, PromotionStatus.APPROVED)
+    audit_record(actor=actor, action="promotion.approved", target=promotion)
+    stage_assign(stage=promotion.stage, version=promotion.version, actor=actor, promotion=promotion)
+    _supersede_others(promotion, actor)
+    _enqueue("notify_decision_task", promotion.pk)
+
+
+def _supersede_others(promotion: PromotionRequest, actor: Any) -> None:
+    others = PromotionRequest.objects.select_for_update().filter(
+        stage=promotion.stage, status=PromotionStatus.PENDING
+    )
+    for other in others.exclude(pk=promotion.pk):
+        _close(other, PromotionStatus.SUPERSEDED)
+        audit_record(
+            actor=actor,
+            action="promotion.superseded",
+            target=other,
+            changes={"by": promotion.pk},
+        )
+
+
+def stage_assign(
+    *,
+    stage: Stage,
+    version: ModelVersion,
+    actor: Any,
+    promotion: PromotionRequest | None = None,
+    reason: str = "",
+    is_rollback: bool = False,
+) -> Stage:
+    """Put `version` into `stage` (caller holds the transaction) and record the history."""
+    stage = Stage.objects.select_for_update().get(pk=stage.pk)
+    now = timezone.now()
+    previous = stage.current_version_id
+    StageAssignment.objects.filter(stage=stage, ended_at__isnull=True).update(ended_at=now)
+    StageAssignment.objects.create(
+        stage=stage,
+        version=version,
+        started_at=now,
+        assigned_by=actor,
+        promotion=promotion,
+        is_rollback=is_rollback,
+        reason=reason,
+    )
+    stage.current_version = version
+    stage.since = now
+    stage.save(update_fields=["current_version", "since"])
+    audit_record(
+        actor=actor,
+        action="stage.rolled_back" if is_rollback else "stage.changed",
+        target=stage,
+        changes=_holder_change(previous, version, reason),
+    )
+    return stage
+
+
+def _holder_change(previous_id: int | None, version: ModelVersion, reason: str) -> dict:
+    previous = ModelVersion.objects.filter(pk=previous_id).values_list("number", flat=True)
+    before = previous.first() if previous_id else None
+    change: dict[str, Any] = {"before": {"version": before}, "after": {"version": version.number}}
+    if reason:
+        change["reason"] = reason
+    return change
+
+
+def _enqueue(task_name: str, promotion_id: int) -> None:
+    from apps.approvals import tasks
+
+    task = getattr(tasks, task_name)
+    transaction.on_commit(lambda: task.delay(promotion_id))
+
+
+def previous_holder(stage: Stage) -> ModelVersion | None:
+    """The version that held `stage` just before the current one."""
+    history = StageAssignment.objects.filter(stage=stage).select_related("version")
+    current = history.filter(ended_at__isnull=True).first()
+    if current is None:
+        return None
+    earlier = history.filter(started_at__lt=current.started_at).exclude(
+        version_id=current.version_id
+    )
+    previous = earlier.order_by("-started_at").first()
+    return previous.version if previous else None
+
+
+@transaction.atomic
+def stage_rollback(*, stage: Stage, actor: Any, reason: str) -> Stage:
+    """Put back the version that held `stage` before, at once; approvers or owners only."""
+    if not reason.strip():
+        raise ApiError("A rollback needs a reason.", details={"field": "reason"})
+    stage = Stage.objects.select_for_update().select_related("model").get(pk=stage.pk)
+    if not (is_approver(actor, stage) or can(actor, "manage", stage.model)):
+        raise Forbidden(f"Only approvers of {stage.name} or owners can roll it back.")
+    target = previous_holder(stage)
+    if target is None:
+        raise Conflict(f"{stage.name} has no earlier version to roll back to.")
+    stage = stage_assign(
+        stage=stage, version=target, actor=actor, reason=reason[:MAX_COMMENT], is_rollback=True
+    )
+    assignment = StageAssignment.objects.get(stage=stage, ended_at__isnull=True)
+    from apps.approvals import tasks
+
+    transaction.on_commit(lambda: tasks.notify_rollback_task.delay(assignment.pk))
+    return stage
+
+
+def promotions_expire() -> int:
+    """Close every pending request past its expiry; safe to run concurrently and twice."""
+    now = timezone.now()
+    expired = 0
+    candidates = PromotionRequest.objects.filter(
+        status=PromotionStatus.PENDING, expires_at__lte=now
+    ).values_list("pk", flat=True)
+    for pk in list(candidates):
+        expired += _expire_one(pk, now)
+    return expired
+
+
+@transaction.atomic
+def _expire_one(pk: int, now: Any) -> int:
+    promotion = (
+        PromotionRequest.objects.select_for_update(skip_locked=True)
+        .filter(pk=pk, status=PromotionStatus.PENDING, expires_at__lte=now)
+        .first()
+    )
+    if promotion is None:
+        return 0
+    _close(promotion, PromotionStatus.EXPIRED)
+    audit_record(actor=None, action="promotion.expired", target=promotion)
+    return 1
+
+
+POLICY_FIELDS = (
+    "required_approvals",
+    "request_ttl_hours",
+    "metric_gates",
+    "required_card_sections",
+    "required_metadata",
+    "requires_verified_files",
+)
+
+
+@transaction.atomic
+def policy_update(*, actor: Any, stage: Stage, **values: Any) -> StagePolicy:
+    """Change a stage's policy (owners); records before/after of what changed."""
+    if not can(actor, "manage", stage.model):
+        raise Forbidden("Only owners can change stage policies.")
+    policy = StagePolicy.objects.select_for_update().get(stage=stage)
+    before, after = {}, {}
+    for name, value in values.items():
+        current = _policy_value(policy, name)
+        if value is None or value == current:
+            continue
+        before[name], after[name] = current, value
+        _set_policy_value(policy, name, value)
+    if after:
+        policy.save()
+        audit_record(
+            actor=actor,
+            action="policy.updated",
+            target=stage,
+            changes={"before": before, "after": after},
+        )
+    return policy
+
+
+def _policy_value(policy: StagePolicy, name: str) -> Any:
+    if name == "requires_stage":
+        return policy.requires_stage.name if policy.requires_stage_id else ""
+    return getattr(policy, name)
+
+
+def _set_policy_value(policy: StagePolicy, name: str, value: Any) -> None:
+    if name == "requires_stage":
+        policy.requires_stage = (
+            Stage.objects.get(model_id=policy.stage.model_id, name=value) if value else None
+        )
+    else:
+        setattr(policy, name, value)
+
+
+@transaction.atomic
+def approver_set(*, actor: Any, stage: Stage, principal: Any, approve: bool) -> None:
+    """Grant or revoke `approve_stage` on `stage` for a user or team (owners only)."""
+    from apps.approvals.access import set_approver
+
+    if not can(actor, "manage", stage.model):
+        raise Forbidden("Only owners can choose approvers.")
+    kind = "group" if principal.__class__.__name__ == "Group" else "user"
+    label = f"{kind}:{principal.name if kind == 'group' else principal.get_username()}"
+    set_approver(principal, stage, approve)
+    audit_record(
+        actor=actor,
+        action="approver.granted" if approve else "approver.revoked",
+        target=stage,
+        changes={"principal": label},
+    )
+
+
+@transaction.atomic
+def stage_create(*, actor: Any, model: RegisteredModel, name: str) -> Stage:
+    """Add a stage (owners); it needs one approval until its policy says otherwise."""
+    from apps.approvals.validation import validate_stage_name
+
+    if not can(actor, "manage", model):
+        raise Forbidden("Only owners can add stages.")
+    name = validate_stage_name(name)
+    if Stage.objects.filter(model=model, name=name).exists():
+        raise Conflict(f"Stage {name} already exists.", code="already_exists")
+    position = model.stages.order_by("-position").values_list("position", flat=True).first() or 0
+    stage = Stage.objects.create(model=model, name=name, position=position + 1)
+    StagePolicy.objects.create(stage=stage)
+    audit_record(actor=actor, action="stage.created", target=stage, changes={"name": name})
+    return stage
