@@ -1,14 +1,14 @@
 """Typed readers for settings from the environment.
 
 Each reader accepts NAME or NAME_FILE (a path whose content is the value, for secrets
-mounted by an orchestrator) and rejects malformed values loudly instead of guessing.
+mounted by an orchestrator) and stops start-up with one explanatory line on a malformed
+value instead of guessing.
 """
 
 import os
 import sys
 from pathlib import Path
-
-from django.core.exceptions import ImproperlyConfigured
+from typing import NoReturn
 
 TRUE_VALUES = {"1", "true", "yes", "on"}
 FALSE_VALUES = {"0", "false", "no", "off", ""}
@@ -18,7 +18,12 @@ def env_str(name: str, default: str | None = None) -> str | None:
     """The value of NAME, or the content of the file named by NAME_FILE, or the default."""
     file_path = os.environ.get(f"{name}_FILE")
     if file_path:
-        return Path(file_path).read_text().strip()
+        try:
+            return Path(file_path).read_text().strip()
+        except OSError as error:
+            stop_startup(
+                f"{name}_FILE names {file_path!r}, which cannot be read ({error.strerror})."
+            )
     return os.environ.get(name, default)
 
 
@@ -31,7 +36,7 @@ def env_bool(name: str, default: bool = False) -> bool:
         return True
     if value in FALSE_VALUES:
         return False
-    raise ImproperlyConfigured(f"{name} must be a boolean (1/0, true/false), not {raw!r}")
+    stop_startup(f"{name} must be a boolean (1/0, true/false), not {raw!r}.")
 
 
 def env_int(name: str, default: int) -> int:
@@ -41,7 +46,7 @@ def env_int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ImproperlyConfigured(f"{name} must be an integer, not {raw!r}") from None
+        stop_startup(f"{name} must be an integer, not {raw!r}.")
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
@@ -51,7 +56,7 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
-def stop_startup(message: str) -> None:
+def stop_startup(message: str) -> NoReturn:
     """Stop start-up with one explanatory line instead of a traceback."""
     sys.stderr.write(f"Regent cannot start: {message}\n")
     raise SystemExit(2)

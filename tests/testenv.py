@@ -8,6 +8,7 @@ real worker.
 import os
 import tempfile
 
+os.environ["DJANGO_SETTINGS_MODULE"] = "tests.settings"
 os.environ["DATABASE_URL"] = os.environ.get(
     "TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/regent"
 )

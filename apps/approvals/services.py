@@ -95,7 +95,9 @@ def promotion_request(
     """Ask to put `version` into `stage`; gates must pass; no approvals needed ⇒ moves now."""
     if stage.model_id != version.model_id:
         raise ApiError("That stage belongs to another model.", details={"field": "stage"})
-    stage = Stage.objects.select_for_update().select_related("policy").get(pk=stage.pk)
+    stage = (
+        Stage.objects.select_for_update(of=("self",)).select_related("policy").get(pk=stage.pk)
+    )
     if stage.current_version_id == version.pk:
         raise Conflict(f"v{version.number} already holds {stage.name}.")
     results = _gate_check(version, stage)
@@ -299,7 +301,7 @@ def stage_rollback(*, stage: Stage, actor: Any, reason: str) -> Stage:
     """Put back the version that held `stage` before, at once; approvers or owners only."""
     if not reason.strip():
         raise ApiError("A rollback needs a reason.", details={"field": "reason"})
-    stage = Stage.objects.select_for_update().select_related("model").get(pk=stage.pk)
+    stage = Stage.objects.select_for_update(of=("self",)).select_related("model").get(pk=stage.pk)
     if not (is_approver(actor, stage) or can(actor, "manage", stage.model)):
         raise Forbidden(f"Only approvers of {stage.name} or owners can roll it back.")
     target = previous_holder(stage)
