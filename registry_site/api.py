@@ -10,6 +10,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from apps.accounts.api import router as accounts_router
 from apps.accounts.auth import api_auth
+from apps.approvals.api import router as approvals_router
 from apps.registry.api import router as registry_router
 from apps.registry.api_files import router as files_router
 from registry_site.api_errors import ApiError, api_error_response, error_response
@@ -28,6 +29,7 @@ api = NinjaAPI(
 api.add_router("/", accounts_router)
 api.add_router("/models", registry_router)
 api.add_router("/models", files_router)
+api.add_router("/", approvals_router)
 
 
 @api.exception_handler(ApiError)

@@ -17,6 +17,7 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("accounts/", include("apps.accounts.urls")),
+    path("", include("apps.approvals.urls")),
     path("models/", include("apps.registry.urls")),
     path("audit/", include("apps.audit.urls")),
     path("api/v1/", api.urls),
