@@ -224,6 +224,11 @@ CELERY_BEAT_SCHEDULE = {
     "verify-audit-chain": {"task": "apps.audit.tasks.audit_verify_task", "schedule": 24 * 3600},
     "scrub-artifacts": {"task": "apps.registry.tasks.scrub_artifacts_task", "schedule": 3600},
     "sweep-unverified": {"task": "apps.registry.tasks.sweep_unverified_task", "schedule": 300},
+    "sweep-orphan-objects": {
+        "task": "apps.registry.tasks.sweep_orphan_objects_task",
+        "schedule": 24 * 3600,
+    },
+    "expire-requests": {"task": "apps.approvals.tasks.expire_requests_task", "schedule": 300},
 }
 
 # --- Email ----------------------------------------------------------------------------------
