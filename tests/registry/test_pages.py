@@ -525,7 +525,7 @@ def test_upload_seal_verify_without_javascript(client, editor, version):
     page = html(client.get(version_url(version)))
     assert ">ready<" in page
     digest = version.files.get(path="weights.safetensors").sha256
-    assert f'<code class="sha" title="{digest}">{digest[:12]}</code>' in page
+    assert f'<code class="sha sha-full">{digest}</code>' in page
 
 
 def test_upload_refused_after_seal_shows_error(client, editor, version):
