@@ -9,6 +9,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from apps.accounts.api import router as accounts_router
+from apps.accounts.api_access import router as access_router
 from apps.accounts.auth import api_auth
 from apps.approvals.api import router as approvals_router
 from apps.registry.api import router as registry_router
@@ -29,6 +30,7 @@ api = NinjaAPI(
 api.add_router("/", accounts_router)
 api.add_router("/models", registry_router)
 api.add_router("/models", files_router)
+api.add_router("/models", access_router)
 api.add_router("/", approvals_router)
 
 

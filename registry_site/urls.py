@@ -13,10 +13,11 @@ def api_docs(request: HttpRequest) -> HttpResponse:
 
 
 urlpatterns = [
-    path("", RedirectView.as_view(pattern_name="accounts:tokens"), name="home"),
+    path("", RedirectView.as_view(pattern_name="registry:model-list"), name="home"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("accounts/", include("apps.accounts.urls")),
+    path("", include("apps.accounts.access_urls")),
     path("", include("apps.approvals.urls")),
     path("models/", include("apps.registry.urls")),
     path("audit/", include("apps.audit.urls")),

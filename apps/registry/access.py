@@ -6,15 +6,28 @@ edit metadata, request promotions); owner = editor + manage (grant roles, stages
 missing model); visible but not allowed ⇒ 403.
 """
 
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, Permission
+from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q, QuerySet
+from django.db import models
+from django.db.models import BooleanField, Count, Q, QuerySet, Value
 from django.http import Http404
+from guardian.conf import settings as guardian_settings
 from guardian.core import ObjectPermissionChecker
 from guardian.shortcuts import assign_perm, get_objects_for_user
 
-from apps.registry.models import ModelVersion, RegisteredModel, Visibility
+from apps.registry.models import (
+    ModelVersion,
+    RegisteredModel,
+    RegisteredModelGroupObjectPermission,
+    RegisteredModelUserObjectPermission,
+    Visibility,
+)
 
 VIEW = "view_registeredmodel"
 EDIT = "change_registeredmodel"
@@ -92,3 +105,315 @@ def grant_creator_ownership(user: Any, model: RegisteredModel) -> None:
     """The creator of a model becomes its owner (called by `model_create`)."""
     for codename in ROLE_PERMISSIONS["owner"]:
         assign_perm(f"registry.{codename}", user, model)
+
+
+# --- Roles: reading and writing grants -------------------------------------------------------
+# Weakest first: the index is the rank, so "the stronger of two roles" is a max().
+ROLES: tuple[str, ...] = ("viewer", "editor", "owner")
+ROLE_RANK = {role: rank for rank, role in enumerate(ROLES)}
+ROLE_CODENAMES = frozenset(ROLE_PERMISSIONS["owner"])
+USER = "user"
+GROUP = "group"
+
+Principal = Any  # a User or a Group (teams are Django auth groups)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One principal's role on one model, as stored in guardian's direct tables.
+
+    `role` is None when the stored permissions form no role (e.g. `manage` alone, added by
+    hand in the admin): such a grant is shown so an owner can see and revoke it.
+    """
+
+    principal_type: str
+    principal_id: int
+    principal_name: str
+    role: str | None
+    is_active: bool = True
+
+    @property
+    def principal(self) -> str:
+        return f"{self.principal_type}:{self.principal_name}"
+
+
+@dataclass(frozen=True)
+class RoleSource:
+    """Where part of a user's access comes from: their own grant, or one of their teams."""
+
+    principal_type: str  # USER: a direct grant; GROUP: through the team `name`
+    name: str
+    role: str
+
+    @property
+    def label(self) -> str:
+        return "direct" if self.principal_type == USER else f"group:{self.name}"
+
+
+@dataclass(frozen=True)
+class EffectiveAccess:
+    """A user's effective role on a model: the strongest of their direct and team roles."""
+
+    user_id: int
+    username: str
+    role: str
+    sources: tuple[RoleSource, ...] = field(default_factory=tuple)  # strongest first
+
+
+def role_from_permissions(codenames: Iterable[str]) -> str | None:
+    """The strongest role whose permissions are all in `codenames`, or None."""
+    held = set(codenames)
+    found = None
+    for role in ROLES:
+        if held.issuperset(ROLE_PERMISSIONS[role]):
+            found = role
+    return found
+
+
+def _principal_type(principal: Principal) -> str:
+    if isinstance(principal, Group):
+        return GROUP
+    if isinstance(principal, get_user_model()):
+        return USER
+    raise TypeError(f"A role goes to a user or a group, not {type(principal).__name__}.")
+
+
+def _grant_table(principal: Principal) -> tuple[type[models.Model], str]:
+    if _principal_type(principal) == GROUP:
+        return RegisteredModelGroupObjectPermission, "group"
+    return RegisteredModelUserObjectPermission, "user"
+
+
+def _codenames_by_principal(
+    table: type[models.Model], key: str, model: RegisteredModel
+) -> dict[tuple[int, str, bool], set[str]]:
+    """{(principal id, name, is active): codenames} from one direct table, in one query."""
+    if key == "user":
+        fields = ("user_id", "user__username", "user__is_active", "permission__codename")
+    else:
+        fields = ("group_id", "group__name", Value(True, BooleanField()), "permission__codename")
+    rows = table.objects.filter(
+        content_object=model, permission__codename__in=ROLE_CODENAMES
+    ).values_list(*fields)
+    found: dict[tuple[int, str, bool], set[str]] = {}
+    for principal_id, name, active, codename in rows:
+        found.setdefault((principal_id, name, active), set()).add(codename)
+    return found
+
+
+def model_grants(model: RegisteredModel) -> list[Grant]:
+    """Every user and group holding a role on `model`: users first, then groups, by name.
+
+    Two queries, whatever the number of grants.
+    """
+    grants = []
+    for principal_type, table, key in (
+        (USER, RegisteredModelUserObjectPermission, "user"),
+        (GROUP, RegisteredModelGroupObjectPermission, "group"),
+    ):
+        by_principal = _codenames_by_principal(table, key, model)
+        grants += sorted(
+            (
+                Grant(principal_type, pk, name, role_from_permissions(codenames), active)
+                for (pk, name, active), codenames in by_principal.items()
+            ),
+            key=lambda grant: grant.principal_name.casefold(),
+        )
+    return grants
+
+
+def role_of(principal: Principal, model: RegisteredModel) -> str | None:
+    """The role granted to `principal` itself on `model` (not counting its teams)."""
+    table, key = _grant_table(principal)
+    codenames = table.objects.filter(
+        **{key: principal},
+        content_object=model,
+        permission__codename__in=ROLE_CODENAMES,
+    ).values_list("permission__codename", flat=True)
+    return role_from_permissions(codenames)
+
+
+def effective_access(
+    model: RegisteredModel, grants: list[Grant] | None = None
+) -> list[EffectiveAccess]:
+    """Every active user with a role on `model`, directly or through teams, by username.
+
+    One query given `grants` (from `model_grants`), three without, whatever the number of
+    grants and members. Superusers and `internal` visibility are not listed: they are
+    rules, not grants.
+    """
+    grants = model_grants(model) if grants is None else grants
+    sources: dict[int, list[RoleSource]] = {}
+    names: dict[int, str] = {}
+    for grant in grants:
+        if grant.principal_type == USER and grant.role and grant.is_active:
+            source = RoleSource(USER, grant.principal_name, grant.role)
+            sources.setdefault(grant.principal_id, []).append(source)
+            names[grant.principal_id] = grant.principal_name
+    group_roles = {
+        grant.principal_id: (grant.principal_name, grant.role)
+        for grant in grants
+        if grant.principal_type == GROUP and grant.role
+    }
+    memberships = (
+        get_user_model()
+        .groups.through.objects.filter(group_id__in=group_roles, user__is_active=True)
+        .values_list("user_id", "user__username", "group_id")
+    )
+    for user_id, username, group_id in memberships:
+        team, role = group_roles[group_id]
+        sources.setdefault(user_id, []).append(RoleSource(GROUP, team, role))
+        names[user_id] = username
+    return sorted(
+        (_effective(user_id, names[user_id], found) for user_id, found in sources.items()),
+        key=lambda entry: entry.username.casefold(),
+    )
+
+
+def _effective(user_id: int, username: str, found: list[RoleSource]) -> EffectiveAccess:
+    ordered = sorted(
+        found,
+        key=lambda source: (-ROLE_RANK[source.role], source.principal_type != USER, source.name),
+    )
+    return EffectiveAccess(user_id, username, ordered[0].role, tuple(ordered))
+
+
+def effective_roles(model: RegisteredModel) -> dict[int, str]:
+    """{user id: effective role} for every active user holding a role, direct or via teams."""
+    return {entry.user_id: entry.role for entry in effective_access(model)}
+
+
+def owner_count(model: RegisteredModel, *, excluding: Principal | None = None) -> int:
+    """How many principals own `model`: active users holding the owner role themselves, and
+    groups holding it that have at least one active member. Two queries.
+
+    `excluding` leaves one principal out ("how many would remain if it lost the role?").
+    Inactive owners do not count: they could not manage the model.
+    """
+    users = RegisteredModelUserObjectPermission.objects.filter(user__is_active=True)
+    groups = RegisteredModelGroupObjectPermission.objects.filter(
+        group__in=Group.objects.filter(user__is_active=True).values("pk")
+    )
+    if excluding is not None and _principal_type(excluding) == USER:
+        users = users.exclude(user=excluding)
+    elif excluding is not None:
+        groups = groups.exclude(group=excluding)
+    return _count_owners(users, "user", model) + _count_owners(groups, "group", model)
+
+
+def _count_owners(queryset: QuerySet, key: str, model: RegisteredModel) -> int:
+    """Principals in `queryset` holding every permission of the owner role on `model`."""
+    owner = ROLE_PERMISSIONS["owner"]
+    return (
+        queryset.filter(content_object=model, permission__codename__in=owner)
+        .values(key)
+        .annotate(held=Count("permission", distinct=True))
+        .filter(held=len(owner))
+        .count()
+    )
+
+
+def _refuse_anonymous(principal: Principal) -> None:
+    """Guardian's anonymous user (if one is ever configured) and unsaved or anonymous
+    objects can never hold a role: anything granted to them would be granted to everyone."""
+    if getattr(principal, "is_anonymous", False) or getattr(principal, "pk", None) is None:
+        raise ValueError("Only a saved, signed-in user or a team can be granted a role.")
+    anonymous_name = guardian_settings.ANONYMOUS_USER_NAME
+    if (
+        _principal_type(principal) == USER
+        and anonymous_name is not None
+        and principal.get_username() == anonymous_name
+    ):
+        raise ValueError("The anonymous user can never be granted a role.")
+
+
+def _role_permissions(codenames: Iterable[str]) -> dict[str, Permission]:
+    content_type = ContentType.objects.get_for_model(RegisteredModel)
+    return {
+        permission.codename: permission
+        for permission in Permission.objects.filter(
+            content_type=content_type, codename__in=list(codenames)
+        )
+    }
+
+
+def set_role(principal: Principal, model: RegisteredModel, role: str) -> None:
+    """Give `principal` exactly `role` on `model`, replacing any role it held (one role per
+    principal per model). Callers hold the model's row lock; services audit the change."""
+    if role not in ROLE_PERMISSIONS:
+        raise ValueError(f"Unknown role {role!r}: one of {', '.join(ROLES)}.")
+    _refuse_anonymous(principal)
+    table, key = _grant_table(principal)
+    wanted = set(ROLE_PERMISSIONS[role])
+    rows = table.objects.filter(**{key: principal}, content_object=model)
+    rows.filter(permission__codename__in=ROLE_CODENAMES - wanted).delete()
+    held = set(rows.values_list("permission__codename", flat=True))
+    missing = _role_permissions(wanted - held)
+    # ignore_conflicts: a concurrent identical grant hits the unique constraint harmlessly.
+    table.objects.bulk_create(
+        [
+            table(**{key: principal}, content_object=model, permission=permission)
+            for permission in missing.values()
+        ],
+        ignore_conflicts=True,
+    )
+
+
+def clear_role(principal: Principal, model: RegisteredModel) -> None:
+    """Remove every role permission `principal` itself holds on `model`."""
+    table, key = _grant_table(principal)
+    table.objects.filter(
+        **{key: principal}, content_object=model, permission__codename__in=ROLE_CODENAMES
+    ).delete()
+
+
+def models_owned_by_group(group: Group) -> QuerySet:
+    """Ids of the models on which `group` holds the manage permission (owner)."""
+    return RegisteredModelGroupObjectPermission.objects.filter(
+        group=group, permission__codename=MANAGE
+    ).values("content_object_id")
+
+
+def team_models(
+    groups: Iterable[Group], viewer: Any
+) -> dict[int, list[tuple[RegisteredModel, str]]]:
+    """{group id: [(model, role)…]} for the models each group holds a role on, limited to
+    the models `viewer` may view, by model name. One query."""
+    rows = RegisteredModelGroupObjectPermission.objects.filter(
+        group__in=[group.pk for group in groups],
+        permission__codename__in=ROLE_CODENAMES,
+        content_object__in=models_visible_to(viewer).values("pk"),
+    ).select_related("content_object", "permission")
+    held: dict[int, dict[int, set[str]]] = {}
+    models_by_id: dict[int, RegisteredModel] = {}
+    for row in rows:
+        models_by_id[row.content_object_id] = row.content_object
+        held.setdefault(row.group_id, {}).setdefault(row.content_object_id, set()).add(
+            row.permission.codename
+        )
+    found: dict[int, list[tuple[RegisteredModel, str]]] = {}
+    for group_id, by_model in held.items():
+        pairs = [
+            (models_by_id[model_id], role)
+            for model_id, codenames in by_model.items()
+            if (role := role_from_permissions(codenames))
+        ]
+        found[group_id] = sorted(pairs, key=lambda pair: pair[0].name_key)
+    return found
+
+
+# --- Admin panel: the models a staff member may manage ---------------------------------------
+def models_managed_by(user: Any) -> QuerySet[RegisteredModel]:
+    """Every model `user` may manage (owner role, directly or through a team): what the admin
+    panel lists and acts on. Global permissions never widen this; superusers manage all."""
+    visible = models_visible_to(user)
+    if not getattr(user, "is_authenticated", False) or user.is_superuser:
+        return visible
+    managed = get_objects_for_user(
+        user,
+        f"registry.{MANAGE}",
+        klass=RegisteredModel,
+        accept_global_perms=False,
+        with_superuser=False,
+    )
+    return visible.filter(pk__in=managed.values("pk"))

@@ -1,0 +1,285 @@
+"""Catalog writes: registered models and their versions.
+
+Every function is one user intention in one transaction: validate first (a 400 naming the
+field, before anything is written), write, then record the audit event last. Callers (API,
+pages, MLflow endpoints) check the caller's role with `apps.registry.access` beforehand;
+the only permission question answered here is which parent versions the actor may see.
+"""
+
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import Model, Q
+from django.utils import timezone
+
+from apps.accounts.models import User
+from apps.audit.services import audit_record
+from apps.registry import access
+from apps.registry.models import ModelVersion, RegisteredModel, VersionParent, VersionStatus
+from apps.registry.paths import model_name_key
+from apps.registry.validation import (
+    check_dependencies,
+    check_description,
+    check_metric_directions,
+    check_metrics,
+    check_model_name,
+    check_params,
+    check_source,
+    check_tags,
+    check_training_data,
+    check_visibility,
+    invalid,
+    parse_parent_refs,
+)
+from registry_site.api_errors import Conflict
+
+
+def _name_taken(name: str) -> Conflict:
+    return Conflict(
+        f"A model named {name} already exists (names are compared ignoring case).",
+        code="already_exists",
+        details={"field": "name"},
+    )
+
+
+@transaction.atomic
+def model_create(
+    *,
+    actor: User,
+    name: str,
+    description: str = "",
+    tags: dict[str, str] | None = None,
+    visibility: str = "private",
+) -> RegisteredModel:
+    """Register a model; its creator becomes its owner.
+
+    The name is stored in its NFKC form; `name_key` (NFKC + casefold) makes look-alike and
+    case-only duplicates a 409 `already_exists`, also when two requests race.
+    """
+    name = check_model_name(name)
+    fields = {
+        "description": check_description(description),
+        "tags": check_tags(tags),
+        "visibility": check_visibility(visibility),
+    }
+    name_key = model_name_key(name)
+    if RegisteredModel.objects.filter(name_key=name_key).exists():
+        raise _name_taken(name)
+    try:
+        with transaction.atomic():  # a savepoint: the race loser gets a 409, not a 500
+            model = RegisteredModel.objects.create(
+                name=name, name_key=name_key, created_by=actor, **fields
+            )
+    except IntegrityError:
+        raise _name_taken(name) from None
+    access.grant_creator_ownership(actor, model)
+    audit_record(
+        actor=actor,
+        action="model.created",
+        target=model,
+        changes={"after": {"name": name, **fields}},
+    )
+    return model
+
+
+def _diff(instance: Model, wanted: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Set the fields of `wanted` that differ; return {"before", "after"} of those only."""
+    before, after = {}, {}
+    for field, value in wanted.items():
+        current = getattr(instance, field)
+        if current != value:
+            before[field], after[field] = current, value
+            setattr(instance, field, value)
+    return {"before": before, "after": after} if after else {}
+
+
+def _mirror(target: Model, source: Model, fields: list[str]) -> None:
+    # Keep the caller's instance (and any annotations on it) in step with the saved row.
+    for field in fields:
+        setattr(target, field, getattr(source, field))
+
+
+_MODEL_CHECKS = {
+    "description": check_description,
+    "tags": check_tags,
+    "visibility": check_visibility,
+    "metric_directions": check_metric_directions,
+}
+
+
+@transaction.atomic
+def model_update(
+    *,
+    actor: User,
+    model: RegisteredModel,
+    description: str | None = None,
+    tags: dict[str, str] | None = None,
+    visibility: str | None = None,
+    metric_directions: dict[str, str] | None = None,
+) -> RegisteredModel:
+    """Edit a model's card, tags (replaced as a whole), visibility or metric directions.
+
+    Only fields that really change are saved and audited ("model.updated" with before and
+    after); a request that changes nothing records nothing.
+    """
+    given = {
+        "description": description,
+        "tags": tags,
+        "visibility": visibility,
+        "metric_directions": metric_directions,
+    }
+    wanted = {
+        field: _MODEL_CHECKS[field](value) for field, value in given.items() if value is not None
+    }
+    locked = RegisteredModel.objects.select_for_update().get(pk=model.pk)
+    changes = _diff(locked, wanted)
+    if changes:
+        locked.save(update_fields=[*changes["after"], "updated_at"])
+        audit_record(actor=actor, action="model.updated", target=locked, changes=changes)
+    _mirror(model, locked, [*wanted, "updated_at"])
+    return model
+
+
+def _set_archived(actor: User, model: RegisteredModel, *, archived: bool) -> RegisteredModel:
+    locked = RegisteredModel.objects.select_for_update().get(pk=model.pk)
+    if locked.is_archived != archived:
+        locked.archived_at = timezone.now() if archived else None
+        locked.save(update_fields=["archived_at", "updated_at"])
+        audit_record(
+            actor=actor,
+            action="model.archived" if archived else "model.unarchived",
+            target=locked,
+            changes={"before": {"archived": not archived}, "after": {"archived": archived}},
+        )
+    _mirror(model, locked, ["archived_at", "updated_at"])
+    return model
+
+
+@transaction.atomic
+def model_archive(*, actor: User, model: RegisteredModel) -> RegisteredModel:
+    """Archive a model: still readable, hidden from default lists, refuses new versions.
+
+    Archiving an archived model changes and records nothing (a double click is harmless).
+    """
+    return _set_archived(actor, model, archived=True)
+
+
+@transaction.atomic
+def model_unarchive(*, actor: User, model: RegisteredModel) -> RegisteredModel:
+    """Bring an archived model back; a no-op for a model that is not archived."""
+    return _set_archived(actor, model, archived=False)
+
+
+def _resolve_parents(actor: User, refs: list[tuple[str, str, int]]) -> list[ModelVersion]:
+    """The parent versions, in one query; missing and not-visible get the same 400."""
+    if not refs:
+        return []
+    wanted = Q()
+    for _, key, number in refs:
+        wanted |= Q(model__name_key=key, number=number)
+    rows = ModelVersion.objects.filter(wanted, model__in=access.models_visible_to(actor))
+    found = {(row.model.name_key, row.number): row for row in rows.select_related("model")}
+    for index, (raw, key, number) in enumerate(refs):
+        if (key, number) not in found:
+            raise invalid(f"parents.{index}", f"parent {raw} does not exist")
+    return [found[(key, number)] for _, key, number in refs]
+
+
+def _version_fields(**values: Any) -> dict[str, Any]:
+    return {
+        "description": check_description(values["description"]),
+        "metrics": check_metrics(values["metrics"]),
+        "params": check_params(values["params"]),
+        "tags": check_tags(values["tags"]),
+        "training_data": check_training_data(values["training_data"]),
+        "dependencies": check_dependencies(values["dependencies"]),
+        "source": check_source(values["source"]),
+    }
+
+
+def _next_number(model: RegisteredModel) -> RegisteredModel:
+    """Lock the model row and take the next number.
+
+    Concurrent creations queue on the row lock, and each reads the number the previous one
+    committed, so numbers are 1, 2, 3… with no gaps or duplicates. (A rolled-back creation
+    rolls its bump back too.)
+    """
+    locked = RegisteredModel.objects.select_for_update().get(pk=model.pk)
+    if locked.is_archived:
+        raise Conflict(f"Model {locked.name} is archived; it accepts no new versions.")
+    locked.last_version_number += 1
+    locked.save(update_fields=["last_version_number", "updated_at"])
+    return locked
+
+
+@transaction.atomic
+def version_create(
+    *,
+    actor: User,
+    model: RegisteredModel,
+    description: str = "",
+    metrics: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
+    training_data: list[dict[str, Any]] | None = None,
+    dependencies: dict[str, Any] | None = None,
+    source: dict[str, Any] | None = None,
+    parents: list[str] | None = None,
+) -> ModelVersion:
+    """Create the next version of `model`, `pending` (accepting files), with its metadata.
+
+    Parents are "model-name/3" references to versions the actor may view; one that is
+    missing or hidden is the same 400 "parent X does not exist". Archived models: 409.
+    """
+    fields = _version_fields(
+        description=description,
+        metrics=metrics,
+        params=params,
+        tags=tags,
+        training_data=training_data,
+        dependencies=dependencies,
+        source=source,
+    )
+    parent_versions = _resolve_parents(actor, parse_parent_refs(parents))
+    locked = _next_number(model)
+    version = ModelVersion.objects.create(
+        model=locked, number=locked.last_version_number, created_by=actor, **fields
+    )
+    VersionParent.objects.bulk_create(
+        VersionParent(child=version, parent=parent) for parent in parent_versions
+    )
+    _mirror(model, locked, ["last_version_number", "updated_at", "archived_at"])
+    after = {"version": version.number, "status": VersionStatus.PENDING.value, **fields}
+    after["parents"] = [str(parent) for parent in parent_versions]
+    audit_record(actor=actor, action="version.created", target=version, changes={"after": after})
+    return version
+
+
+@transaction.atomic
+def version_update(
+    *,
+    actor: User,
+    version: ModelVersion,
+    description: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> ModelVersion:
+    """Edit a version's description or tags: the only metadata editable once sealed.
+
+    Audited as "version.updated" with before/after of what changed; no change, no event.
+    """
+    wanted: dict[str, Any] = {}
+    if description is not None:
+        wanted["description"] = check_description(description)
+    if tags is not None:
+        wanted["tags"] = check_tags(tags)
+    locked = (
+        ModelVersion.objects.select_for_update(of=("self",))
+        .select_related("model")
+        .get(pk=version.pk)
+    )
+    changes = _diff(locked, wanted)
+    if changes:
+        locked.save(update_fields=list(changes["after"]))
+        audit_record(actor=actor, action="version.updated", target=locked, changes=changes)
+    _mirror(version, locked, list(wanted))
+    return version
