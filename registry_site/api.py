@@ -53,8 +53,13 @@ def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpRespo
 
 
 def _field_name(location: tuple | list) -> str:
-    # Ninja locations look like ("body", "payload", "name"); keep the part a user wrote.
-    parts = [str(part) for part in location if part not in ("body", "query", "path", "payload")]
+    # Ninja locations look like ("body", "payload", "source", "uri"): drop the leading
+    # request part and the parameter's own name, keep the field path a user wrote.
+    parts = [str(part) for part in location]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie", "form"):
+        parts = parts[1:]
+    if parts and parts[0] == "payload":
+        parts = parts[1:]
     return ".".join(parts) or "body"
 
 

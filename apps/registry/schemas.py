@@ -150,7 +150,7 @@ class VersionOut(Schema):
 
     @staticmethod
     def resolve_stages(obj: ModelVersion) -> list[str]:
-        return []  # stages arrive with the approvals app
+        return sorted(stage.name for stage in obj.held_stages.all())
 
     @staticmethod
     def resolve_created_by(obj: ModelVersion) -> str | None:

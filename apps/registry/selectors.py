@@ -56,7 +56,18 @@ def model_list(
         )
     if tag:
         queryset = _filter_tag(queryset, tag)
-    return with_version_stats(queryset).select_related("created_by").order_by("name_key")
+    return (
+        with_version_stats(queryset)
+        .select_related("created_by")
+        .prefetch_related(_stages_with_holders())
+        .order_by("name_key")
+    )
+
+
+def _stages_with_holders() -> Prefetch:
+    from apps.approvals.models import Stage  # approvals builds on the registry, not back
+
+    return Prefetch("stages", queryset=Stage.objects.select_related("current_version"))
 
 
 def model_detail(user: Any, name: str, action: str = "view") -> RegisteredModel:
@@ -75,8 +86,22 @@ def attach_version_stats(model: RegisteredModel) -> RegisteredModel:
 
 
 def model_stage_summary(model: RegisteredModel) -> dict[str, int | None]:
-    """Stage name → the version number holding it. Stages arrive with the approvals app."""
-    return {}
+    """Stage name → the version number holding it (None: empty), in stage order.
+
+    Uses the stages prefetched by `model_list`; otherwise one query.
+    """
+    stages = model.stages.all()
+    if not _is_prefetched(model, "stages"):
+        stages = stages.select_related("current_version")
+    ordered = sorted(stages, key=lambda stage: (stage.position, stage.name))
+    return {
+        stage.name: stage.current_version.number if stage.current_version else None
+        for stage in ordered
+    }
+
+
+def _is_prefetched(instance: Any, relation: str) -> bool:
+    return relation in getattr(instance, "_prefetched_objects_cache", {})
 
 
 def _visible_parents(user: Any) -> Prefetch:
@@ -96,7 +121,7 @@ def version_list(model: RegisteredModel, user: Any = None) -> QuerySet[ModelVers
     """
     return (
         model.versions.select_related("created_by")
-        .prefetch_related("files", _visible_parents(user))
+        .prefetch_related("files", "held_stages", _visible_parents(user))
         .order_by("-number")
     )
 

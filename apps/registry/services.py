@@ -73,6 +73,7 @@ def model_create(
     except IntegrityError:
         raise _name_taken(name) from None
     access.grant_creator_ownership(actor, model)
+    _create_default_stages(model)
     audit_record(
         actor=actor,
         action="model.created",
@@ -283,3 +284,9 @@ def version_update(
         audit_record(actor=actor, action="version.updated", target=locked, changes=changes)
     _mirror(version, locked, list(wanted))
     return version
+
+
+def _create_default_stages(model: RegisteredModel) -> None:
+    from apps.approvals.services import stages_create_defaults  # approvals builds on us
+
+    stages_create_defaults(model)

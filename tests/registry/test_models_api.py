@@ -39,7 +39,7 @@ def test_create_model(api_client, owner, owner_auth):
         "visibility": "private",
         "created_by": "alice",
         "latest_version": None,
-        "stages": {},
+        "stages": {"staging": None, "production": None},
     }
     assert created_at.startswith(str(RegisteredModel.objects.get().created_at.year))
     event = AuditEvent.objects.get(action="model.created")
@@ -155,7 +155,7 @@ def test_get_model(api_client, ml_model, version, viewer_auth):
     assert data["name"] == "fraud-detector"
     assert data["latest_version"] == 1
     assert data["created_by"] == "alice"
-    assert data["stages"] == {}
+    assert data["stages"] == {"staging": None, "production": None}
 
 
 def test_outsider_gets_the_same_404_as_for_a_missing_model(api_client, ml_model, outsider_auth):
