@@ -5,6 +5,7 @@ REGENT_DATA_DIR (./var), tasks run eagerly, emails go to the console.
 """
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -56,6 +57,7 @@ INSTALLED_APPS = [
     "apps.audit",
     "apps.registry",
     "apps.approvals",
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -70,6 +72,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "registry_site.middleware.ApiErrorMiddleware",
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "registry_site.urls"
@@ -109,6 +112,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Accounts -------------------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
 AUTHENTICATION_BACKENDS = [
+    # First: refuses a locked-out sign-in before any password is checked.
+    "axes.backends.AxesStandaloneBackend",
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
@@ -126,6 +131,17 @@ LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "accounts:login"
 GUARDIAN_RAISE_403 = False
 ANONYMOUS_USER_NAME = None  # guardian: no anonymous user row; anonymous users get nothing
+
+# --- Sign-in lockout (django-axes) ----------------------------------------------------------
+AXES_FAILURE_LIMIT = env_int("REGENT_SIGNIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("REGENT_SIGNIN_LOCKOUT_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# The audit log's rule: X-Forwarded-For is trusted only as far as REGENT_TRUSTED_PROXY_COUNT.
+AXES_CLIENT_IP_CALLABLE = "apps.accounts.lockout.lockout_client_ip"
+AXES_LOCKOUT_TEMPLATE = "accounts/locked.html"
+# Sign-ins and sign-outs are already in the audit log; no second copy of ips and user agents.
+AXES_DISABLE_ACCESS_LOG = True
 
 # --- Sessions, cookies, security headers ----------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True
