@@ -114,3 +114,48 @@ def holder_at(stage: Stage, moment: Any) -> StageAssignment | None:
         .select_related("version", "assigned_by", "promotion")
         .first()
     )
+
+
+# --- REST API reads ----------------------------------------------------------------------------
+
+
+def stages_of(model: RegisteredModel) -> QuerySet[Stage]:
+    """A model's stages in display order, with their holders (one query)."""
+    return (
+        Stage.objects.filter(model=model)
+        .select_related("current_version")
+        .order_by("position", "name")
+    )
+
+
+def promotion_status_filter(status: str) -> Q:
+    """Requests whose *effective* status is `status`: a pending request past its expiry is
+    expired even before the sweep closes it (no decision is accepted any more)."""
+    from django.utils import timezone  # appended block: the module's imports stay untouched
+
+    now = timezone.now()
+    if status == PromotionStatus.PENDING:
+        return Q(status=PromotionStatus.PENDING, expires_at__gt=now)
+    if status == PromotionStatus.EXPIRED:
+        return Q(status=PromotionStatus.EXPIRED) | Q(
+            status=PromotionStatus.PENDING, expires_at__lte=now
+        )
+    return Q(status=status)
+
+
+def promotion_list(
+    user: Any, *, status: str | None = None, model: str | None = None, mine: str | None = None
+) -> QuerySet[PromotionRequest]:
+    """Requests on models `user` may view, filtered; `mine`: "to_review" (waiting for my
+    review, soonest expiry first) or "requested" (asked by me). Newest first otherwise."""
+    if mine == "to_review":
+        promotions = inbox(user)["waiting"].filter(promotion_status_filter("pending"))
+    else:
+        promotions = promotion_queryset(user).order_by("-created_at", "-pk")
+        if mine == "requested":
+            promotions = promotions.filter(requested_by=user)
+    if model:
+        promotions = promotions.filter(stage__model__name=model)
+    if status:
+        promotions = promotions.filter(promotion_status_filter(status))
+    return promotions

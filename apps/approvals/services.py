@@ -26,6 +26,7 @@ from apps.approvals.models import (
 from apps.audit.services import audit_record
 from apps.registry.access import can
 from apps.registry.models import ModelVersion, RegisteredModel
+from apps.registry.validation import check_text
 from registry_site.api_errors import ApiError, Conflict, Forbidden
 
 DEFAULT_REQUIRED_APPROVALS = {"staging": 1, "production": 2}
@@ -95,9 +96,8 @@ def promotion_request(
     """Ask to put `version` into `stage`; gates must pass; no approvals needed ⇒ moves now."""
     if stage.model_id != version.model_id:
         raise ApiError("That stage belongs to another model.", details={"field": "stage"})
-    stage = (
-        Stage.objects.select_for_update(of=("self",)).select_related("policy").get(pk=stage.pk)
-    )
+    reason = check_text(reason, "reason", max_chars=MAX_COMMENT)
+    stage = Stage.objects.select_for_update(of=("self",)).select_related("policy").get(pk=stage.pk)
     if stage.current_version_id == version.pk:
         raise Conflict(f"v{version.number} already holds {stage.name}.")
     results = _gate_check(version, stage)
@@ -135,6 +135,7 @@ def promotion_approve(
     *, promotion: PromotionRequest, reviewer: Any, comment: str = "", via: str
 ) -> PromotionRequest:
     """Record an approval; move the stage when the quorum is reached."""
+    comment = check_text(comment, "comment", max_chars=MAX_COMMENT)
     promotion = _locked(promotion)
     _ensure_pending(promotion)
     ensure_can_review(promotion, reviewer)
@@ -157,6 +158,7 @@ def promotion_reject(
     *, promotion: PromotionRequest, reviewer: Any, comment: str, via: str
 ) -> PromotionRequest:
     """One rejection rejects; a reason is required."""
+    comment = check_text(comment, "comment", max_chars=MAX_COMMENT)
     if not comment.strip():
         raise ApiError("A rejection needs a comment.", details={"field": "comment"})
     promotion = _locked(promotion)
@@ -299,6 +301,7 @@ def previous_holder(stage: Stage) -> ModelVersion | None:
 @transaction.atomic
 def stage_rollback(*, stage: Stage, actor: Any, reason: str) -> Stage:
     """Put back the version that held `stage` before, at once; approvers or owners only."""
+    reason = check_text(reason, "reason", max_chars=MAX_COMMENT)
     if not reason.strip():
         raise ApiError("A rollback needs a reason.", details={"field": "reason"})
     stage = Stage.objects.select_for_update(of=("self",)).select_related("model").get(pk=stage.pk)
@@ -425,3 +428,171 @@ def stage_create(*, actor: Any, model: RegisteredModel, name: str) -> Stage:
     StagePolicy.objects.create(stage=stage)
     audit_record(actor=actor, action="stage.created", target=stage, changes={"name": name})
     return stage
+
+
+# --- Policy PUT (REST API): validated values and the approver set, in one transaction -------
+
+POLICY_RANGES = {"required_approvals": (0, 20), "request_ttl_hours": (1, 8760)}
+GATE_OPS = (">=", "<=", ">", "<")
+GATE_AGAINST = ("holder", "threshold")
+MAX_POLICY_ITEMS = 50
+MAX_POLICY_TEXT = 200
+MAX_APPROVERS = 500
+
+
+@transaction.atomic
+def policy_replace(
+    *,
+    actor: Any,
+    stage: Stage,
+    values: dict[str, Any],
+    approver_users: list[str] | None = None,
+    approver_groups: list[str] | None = None,
+) -> StagePolicy:
+    """Apply any subset of a stage's policy and, for each approver list given, make the
+    approvers exactly that set. All validated before anything changes (a 400 naming the
+    field); audited as `policy.updated` (before/after) and one `approver.*` per change."""
+    # Imported here: this block is appended, the module's imports are left as they were.
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+
+    from apps.approvals.access import approver_groups_of, approver_users_of
+
+    if not can(actor, "manage", stage.model):
+        raise Forbidden("Only owners can change stage policies.")
+    # The policy row lock serializes two PUTs on one stage (both read the approver sets).
+    StagePolicy.objects.select_for_update().get(stage=stage)
+    cleaned = {name: _policy_clean(stage, name, value) for name, value in values.items()}
+    user_model = get_user_model()
+    users = _principals_named(user_model, "username", approver_users, "approvers.users", "user")
+    groups = _principals_named(Group, "name", approver_groups, "approvers.groups", "team")
+    policy = policy_update(actor=actor, stage=stage, **cleaned)
+    if users is not None:
+        _approvers_make(actor, stage, users, approver_users_of(stage))
+    if groups is not None:
+        _approvers_make(actor, stage, groups, approver_groups_of(stage))
+    return policy
+
+
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError(f"{field}: {message}", details={"field": field})
+
+
+def _policy_clean(stage: Stage, name: str, value: Any) -> Any:
+    if name == "requires_stage":
+        return _required_stage_clean(stage, value)
+    if value is None:
+        raise _invalid(name, "may not be null.")
+    if name in POLICY_RANGES:
+        low, high = POLICY_RANGES[name]
+        if not _is_int(value) or not low <= value <= high:
+            raise _invalid(name, f"must be a whole number from {low} to {high}.")
+        return value
+    if name == "requires_verified_files":
+        if not isinstance(value, bool):
+            raise _invalid(name, "must be true or false.")
+        return value
+    if name == "metric_gates":
+        return [
+            _gate_clean(gate, f"metric_gates.{i}") for i, gate in enumerate(_items(value, name))
+        ]
+    if name in ("required_card_sections", "required_metadata"):
+        return list(
+            dict.fromkeys(_text(item, f"{name}.{i}") for i, item in enumerate(_items(value, name)))
+        )
+    raise _invalid(name, "is not a policy field.")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _items(value: Any, field: str) -> list[Any]:
+    if not isinstance(value, list | tuple):
+        raise _invalid(field, "must be a list.")
+    if len(value) > MAX_POLICY_ITEMS:
+        raise _invalid(field, f"at most {MAX_POLICY_ITEMS} entries.")
+    return list(value)
+
+
+def _text(value: Any, field: str) -> str:
+    """Non-blank, at most MAX_POLICY_TEXT long, and storable (no NUL: a 400, not a 500)."""
+    from apps.registry.validation import check_text
+
+    text = check_text(value, field, max_chars=MAX_POLICY_TEXT).strip()
+    if not text:
+        raise _invalid(field, "must not be blank.")
+    return text
+
+
+def _gate_clean(gate: Any, field: str) -> dict[str, Any]:
+    """{"metric", "op", "against"[, "threshold"]} with a finite threshold when against it."""
+    if not isinstance(gate, dict):
+        raise _invalid(field, "must be an object.")
+    metric = _text(gate.get("metric"), f"{field}.metric")
+    op, against = gate.get("op", ">="), gate.get("against", "holder")
+    if op not in GATE_OPS:
+        raise _invalid(f"{field}.op", f"must be one of {', '.join(GATE_OPS)}.")
+    if against not in GATE_AGAINST:
+        raise _invalid(f"{field}.against", "must be holder or threshold.")
+    cleaned: dict[str, Any] = {"metric": metric, "op": op, "against": against}
+    if against == "threshold":
+        threshold = gate.get("threshold")
+        if not gates._is_number(threshold):
+            raise _invalid(f"{field}.threshold", "must be a finite number.")
+        cleaned["threshold"] = threshold
+    return cleaned
+
+
+def _required_stage_clean(stage: Stage, value: Any) -> str:
+    """Another stage of the same model ('' clears it); a loop would block both forever."""
+    if value is None or value == "":
+        return ""
+    field = "requires_stage"
+    from apps.approvals.validation import STAGE_NAME
+
+    required = None
+    if isinstance(value, str) and STAGE_NAME.fullmatch(value):
+        required = Stage.objects.filter(model_id=stage.model_id, name=value).first()
+    if required is None or required.pk == stage.pk:
+        raise _invalid(field, "must be another stage of this model, or null.")
+    seen = {stage.pk}
+    while required is not None:
+        if required.pk in seen:
+            raise _invalid(field, f"{value} (directly or not) requires {stage.name}: a loop.")
+        seen.add(required.pk)
+        policy = StagePolicy.objects.filter(stage=required).select_related("requires_stage")
+        found = policy.first()
+        required = found.requires_stage if found else None
+    return value
+
+
+def _principals_named(
+    model: Any, key: str, names: list[str] | None, field: str, kind: str
+) -> list | None:
+    """The users or teams named, all of which must exist (400 naming the unknown ones)."""
+    if names is None:
+        return None
+    if len(names) > MAX_APPROVERS:
+        raise _invalid(field, f"at most {MAX_APPROVERS} entries.")
+    wanted = list(dict.fromkeys(_text(name, field) for name in names))
+    found = {getattr(p, key): p for p in model.objects.filter(**{f"{key}__in": wanted})}
+    unknown = [name for name in wanted if name not in found]
+    if unknown:
+        raise ApiError(
+            f"{field}: no such {kind}: {', '.join(unknown)}.",
+            details={"field": field, "unknown": unknown},
+        )
+    return [found[name] for name in wanted]
+
+
+def _approvers_make(actor: Any, stage: Stage, wanted: list, current: Any) -> None:
+    """Grant the new, revoke the removed; each change is its own audit event."""
+    held = {principal.pk: principal for principal in current}
+    for principal in wanted:
+        if principal.pk not in held:
+            approver_set(actor=actor, stage=stage, principal=principal, approve=True)
+    keep = {principal.pk for principal in wanted}
+    for pk, principal in held.items():
+        if pk not in keep:
+            approver_set(actor=actor, stage=stage, principal=principal, approve=False)

@@ -2,13 +2,13 @@
 
 import pytest
 from django.utils import timezone
+from guardian.shortcuts import assign_perm
 
 from apps.approvals.access import set_approver
 from apps.approvals.models import Stage
 from apps.approvals.services import stages_create_defaults
 from apps.registry.access import ROLE_PERMISSIONS, grant_creator_ownership
 from apps.registry.models import ModelVersion, RegisteredModel, VersionStatus
-from guardian.shortcuts import assign_perm
 from tests.conftest import make_user
 
 

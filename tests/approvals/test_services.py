@@ -256,7 +256,10 @@ def test_policy_changes_are_owner_only_and_audited(owner, author, production):
     assert error.value.status == 403
     policy_update(actor=owner, stage=production, required_approvals=3)
     event = AuditEvent.objects.get(action="policy.updated")
-    assert event.changes == {"before": {"required_approvals": 2}, "after": {"required_approvals": 3}}
+    assert event.changes == {
+        "before": {"required_approvals": 2},
+        "after": {"required_approvals": 3},
+    }
 
 
 def _race(calls) -> list:

@@ -6,162 +6,308 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('auth', '0012_alter_user_first_name_max_length'),
+        ("auth", "0012_alter_user_first_name_max_length"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='RegisteredModel',
+            name="RegisteredModel",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=128)),
-                ('name_key', models.CharField(editable=False, max_length=128, unique=True)),
-                ('description', models.TextField(blank=True)),
-                ('tags', models.JSONField(blank=True, default=dict)),
-                ('visibility', models.CharField(choices=[('private', 'Private'), ('internal', 'Internal')], default='private', max_length=8)),
-                ('metric_directions', models.JSONField(blank=True, default=dict)),
-                ('archived_at', models.DateTimeField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('last_version_number', models.PositiveIntegerField(default=0)),
-                ('created_by', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=128)),
+                ("name_key", models.CharField(editable=False, max_length=128, unique=True)),
+                ("description", models.TextField(blank=True)),
+                ("tags", models.JSONField(blank=True, default=dict)),
+                (
+                    "visibility",
+                    models.CharField(
+                        choices=[("private", "Private"), ("internal", "Internal")],
+                        default="private",
+                        max_length=8,
+                    ),
+                ),
+                ("metric_directions", models.JSONField(blank=True, default=dict)),
+                ("archived_at", models.DateTimeField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                ("last_version_number", models.PositiveIntegerField(default=0)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name_key'],
-                'permissions': [('manage_registeredmodel', 'Can grant roles and configure stages')],
+                "ordering": ["name_key"],
+                "permissions": [("manage_registeredmodel", "Can grant roles and configure stages")],
             },
         ),
         migrations.CreateModel(
-            name='ModelVersion',
+            name="ModelVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveIntegerField()),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('verifying', 'Verifying'), ('ready', 'Ready'), ('failed', 'Failed')], default='pending', max_length=10)),
-                ('status_reason', models.TextField(blank=True)),
-                ('description', models.TextField(blank=True)),
-                ('metrics', models.JSONField(blank=True, default=dict)),
-                ('params', models.JSONField(blank=True, default=dict)),
-                ('tags', models.JSONField(blank=True, default=dict)),
-                ('training_data', models.JSONField(blank=True, default=list)),
-                ('dependencies', models.JSONField(blank=True, default=dict)),
-                ('source', models.JSONField(blank=True, default=dict)),
-                ('framework', models.CharField(blank=True, max_length=32)),
-                ('framework_details', models.JSONField(blank=True, default=dict)),
-                ('external_artifacts', models.BooleanField(default=False)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('sealed_at', models.DateTimeField(blank=True, null=True)),
-                ('verified_at', models.DateTimeField(blank=True, null=True)),
-                ('bytes_total', models.BigIntegerField(default=0)),
-                ('bytes_verified', models.BigIntegerField(default=0)),
-                ('created_by', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('model', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='versions', to='registry.registeredmodel')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("number", models.PositiveIntegerField()),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("verifying", "Verifying"),
+                            ("ready", "Ready"),
+                            ("failed", "Failed"),
+                        ],
+                        default="pending",
+                        max_length=10,
+                    ),
+                ),
+                ("status_reason", models.TextField(blank=True)),
+                ("description", models.TextField(blank=True)),
+                ("metrics", models.JSONField(blank=True, default=dict)),
+                ("params", models.JSONField(blank=True, default=dict)),
+                ("tags", models.JSONField(blank=True, default=dict)),
+                ("training_data", models.JSONField(blank=True, default=list)),
+                ("dependencies", models.JSONField(blank=True, default=dict)),
+                ("source", models.JSONField(blank=True, default=dict)),
+                ("framework", models.CharField(blank=True, max_length=32)),
+                ("framework_details", models.JSONField(blank=True, default=dict)),
+                ("external_artifacts", models.BooleanField(default=False)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("sealed_at", models.DateTimeField(blank=True, null=True)),
+                ("verified_at", models.DateTimeField(blank=True, null=True)),
+                ("bytes_total", models.BigIntegerField(default=0)),
+                ("bytes_verified", models.BigIntegerField(default=0)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "model",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="versions",
+                        to="registry.registeredmodel",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['model', '-number'],
+                "ordering": ["model", "-number"],
             },
         ),
         migrations.CreateModel(
-            name='RegisteredModelGroupObjectPermission',
+            name="RegisteredModelGroupObjectPermission",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('content_object', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='registry.registeredmodel')),
-                ('group', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='auth.group')),
-                ('permission', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='auth.permission')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "content_object",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="registry.registeredmodel"
+                    ),
+                ),
+                (
+                    "group",
+                    models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to="auth.group"),
+                ),
+                (
+                    "permission",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="auth.permission"
+                    ),
+                ),
             ],
             options={
-                'abstract': False,
+                "abstract": False,
             },
         ),
         migrations.CreateModel(
-            name='RegisteredModelUserObjectPermission',
+            name="RegisteredModelUserObjectPermission",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('content_object', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='registry.registeredmodel')),
-                ('permission', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to='auth.permission')),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "content_object",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="registry.registeredmodel"
+                    ),
+                ),
+                (
+                    "permission",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to="auth.permission"
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, to=settings.AUTH_USER_MODEL
+                    ),
+                ),
             ],
             options={
-                'abstract': False,
+                "abstract": False,
             },
         ),
         migrations.CreateModel(
-            name='VersionParent',
+            name="VersionParent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('relation', models.CharField(blank=True, default='derived_from', max_length=32)),
-                ('child', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='parent_links', to='registry.modelversion')),
-                ('parent', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='child_links', to='registry.modelversion')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("relation", models.CharField(blank=True, default="derived_from", max_length=32)),
+                (
+                    "child",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="parent_links",
+                        to="registry.modelversion",
+                    ),
+                ),
+                (
+                    "parent",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="child_links",
+                        to="registry.modelversion",
+                    ),
+                ),
             ],
         ),
         migrations.AddField(
-            model_name='modelversion',
-            name='parents',
-            field=models.ManyToManyField(related_name='children', through='registry.VersionParent', to='registry.modelversion'),
+            model_name="modelversion",
+            name="parents",
+            field=models.ManyToManyField(
+                related_name="children",
+                through="registry.VersionParent",
+                to="registry.modelversion",
+            ),
         ),
         migrations.CreateModel(
-            name='Artifact',
+            name="Artifact",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('path', models.CharField(max_length=1024)),
-                ('path_key', models.CharField(editable=False, max_length=1024)),
-                ('size', models.BigIntegerField()),
-                ('upload_sha256', models.CharField(max_length=64)),
-                ('claimed_sha256', models.CharField(blank=True, max_length=64)),
-                ('sha256', models.CharField(blank=True, max_length=64)),
-                ('storage_key', models.CharField(max_length=255, unique=True)),
-                ('kind', models.JSONField(blank=True, default=dict)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('verified_at', models.DateTimeField(blank=True, null=True)),
-                ('version', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='files', to='registry.modelversion')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("path", models.CharField(max_length=1024)),
+                ("path_key", models.CharField(editable=False, max_length=1024)),
+                ("size", models.BigIntegerField()),
+                ("upload_sha256", models.CharField(max_length=64)),
+                ("claimed_sha256", models.CharField(blank=True, max_length=64)),
+                ("sha256", models.CharField(blank=True, max_length=64)),
+                ("storage_key", models.CharField(max_length=255, unique=True)),
+                ("kind", models.JSONField(blank=True, default=dict)),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("verified_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "version",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="files",
+                        to="registry.modelversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['path'],
-                'constraints': [models.UniqueConstraint(fields=('version', 'path_key'), name='artifact_path_unique'), models.CheckConstraint(condition=models.Q(('size__gte', 0)), name='artifact_size_nonnegative')],
+                "ordering": ["path"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("version", "path_key"), name="artifact_path_unique"
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("size__gte", 0)), name="artifact_size_nonnegative"
+                    ),
+                ],
             },
         ),
         migrations.AddIndex(
-            model_name='registeredmodel',
-            index=models.Index(fields=['-updated_at'], name='model_recent_idx'),
+            model_name="registeredmodel",
+            index=models.Index(fields=["-updated_at"], name="model_recent_idx"),
         ),
         migrations.AddConstraint(
-            model_name='registeredmodel',
-            constraint=models.CheckConstraint(condition=models.Q(('visibility__in', ['private', 'internal'])), name='model_visibility_valid'),
+            model_name="registeredmodel",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("visibility__in", ["private", "internal"])),
+                name="model_visibility_valid",
+            ),
         ),
         migrations.AlterUniqueTogether(
-            name='registeredmodelgroupobjectpermission',
-            unique_together={('group', 'permission', 'content_object')},
+            name="registeredmodelgroupobjectpermission",
+            unique_together={("group", "permission", "content_object")},
         ),
         migrations.AlterUniqueTogether(
-            name='registeredmodeluserobjectpermission',
-            unique_together={('user', 'permission', 'content_object')},
+            name="registeredmodeluserobjectpermission",
+            unique_together={("user", "permission", "content_object")},
         ),
         migrations.AddConstraint(
-            model_name='versionparent',
-            constraint=models.UniqueConstraint(fields=('child', 'parent'), name='lineage_edge_unique'),
+            model_name="versionparent",
+            constraint=models.UniqueConstraint(
+                fields=("child", "parent"), name="lineage_edge_unique"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='versionparent',
-            constraint=models.CheckConstraint(condition=models.Q(('child', models.F('parent')), _negated=True), name='lineage_no_self_edge'),
+            model_name="versionparent",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("child", models.F("parent")), _negated=True),
+                name="lineage_no_self_edge",
+            ),
         ),
         migrations.AddIndex(
-            model_name='modelversion',
-            index=models.Index(fields=['status'], name='version_status_idx'),
+            model_name="modelversion",
+            index=models.Index(fields=["status"], name="version_status_idx"),
         ),
         migrations.AddConstraint(
-            model_name='modelversion',
-            constraint=models.UniqueConstraint(fields=('model', 'number'), name='version_number_unique'),
+            model_name="modelversion",
+            constraint=models.UniqueConstraint(
+                fields=("model", "number"), name="version_number_unique"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='modelversion',
-            constraint=models.CheckConstraint(condition=models.Q(('number__gte', 1)), name='version_number_positive'),
+            model_name="modelversion",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("number__gte", 1)), name="version_number_positive"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='modelversion',
-            constraint=models.CheckConstraint(condition=models.Q(('status__in', ['pending', 'verifying', 'ready', 'failed'])), name='version_status_valid'),
+            model_name="modelversion",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("status__in", ["pending", "verifying", "ready", "failed"])),
+                name="version_status_valid",
+            ),
         ),
     ]
