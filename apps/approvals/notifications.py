@@ -85,6 +85,14 @@ def _deliver(promotion, recipient, kind: str, event_key: str, build) -> None:
     try:
         subject, template, context = build()
         _send(recipient, subject, template, context)
+    except smtplib.SMTPRecipientsRefused as error:
+        codes = [code for code, _ in error.recipients.values()]
+        temporary = any(400 <= code < 500 for code in codes)
+        reply = "; ".join(f"{code} {_text(message)}" for code, message in error.recipients.values())
+        _finish(promotion, recipient, kind, event_key, reply, retry=temporary)
+        if temporary:
+            raise TemporaryEmailFailure(reply) from error
+        return
     except smtplib.SMTPResponseException as error:
         temporary = 400 <= error.smtp_code < 500
         _finish(promotion, recipient, kind, event_key, _reply(error), retry=temporary)
@@ -98,9 +106,11 @@ def _deliver(promotion, recipient, kind: str, event_key: str, build) -> None:
 
 
 def _reply(error: smtplib.SMTPResponseException) -> str:
-    message = error.smtp_error
-    text = message.decode(errors="replace") if isinstance(message, bytes) else str(message)
-    return f"{error.smtp_code} {text}"
+    return f"{error.smtp_code} {_text(error.smtp_error)}"
+
+
+def _text(message: bytes | str) -> str:
+    return message.decode(errors="replace") if isinstance(message, bytes) else str(message)
 
 
 def notify_approvers(promotion_id: int) -> None:

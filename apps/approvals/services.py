@@ -46,6 +46,12 @@ def stages_create_defaults(model: RegisteredModel) -> list[Stage]:
 
 
 def _locked(promotion: PromotionRequest) -> PromotionRequest:
+    """The request under a row lock, taken after its stage's lock.
+
+    Every path that may move a stage locks the stage first, then requests: two requests
+    reaching quorum on one stage at once queue instead of deadlocking.
+    """
+    list(Stage.objects.select_for_update().filter(pk=promotion.stage_id).values_list("pk"))
     return (
         PromotionRequest.objects.select_for_update(of=("self",))
         .select_related("stage__policy", "version__model", "stage__current_version")

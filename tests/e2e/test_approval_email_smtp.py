@@ -104,10 +104,6 @@ def test_550_marks_the_notification_failed_and_shows_it(client, smtp_server, peo
     assert "Email to <strong>erin</strong> failed — 550 5.7.1 Rejected" in page.content.decode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="notifications._deliver treats SMTPRecipientsRefused (a 550 at RCPT) as temporary",
-)
 def test_550_at_rcpt_is_permanent_too(smtp_server, pending):
     smtp_server.respond_with(SMTP_REJECT, at="RCPT")
     notifications.notify_approvers(pending.pk)
