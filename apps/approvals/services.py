@@ -292,16 +292,21 @@ def _enqueue(task_name: str, promotion_id: int) -> None:
 
 
 def previous_holder(stage: Stage) -> ModelVersion | None:
-    """The version that held `stage` just before the current one."""
-    history = StageAssignment.objects.filter(stage=stage).select_related("version")
-    current = history.filter(ended_at__isnull=True).first()
-    if current is None:
-        return None
-    earlier = history.filter(started_at__lt=current.started_at).exclude(
-        version_id=current.version_id
+    """The version that held `stage` before the current one and left it normally.
+
+    A version pulled out by a rollback is never offered again: reinstating it takes a new
+    promotion request, so a second click cannot undo a rollback without a review.
+    """
+    history = list(
+        StageAssignment.objects.filter(stage=stage).select_related("version").order_by("started_at")
     )
-    previous = earlier.order_by("-started_at").first()
-    return previous.version if previous else None
+    if not history or history[-1].ended_at is not None:
+        return None
+    current = history[-1]
+    for earlier, successor in zip(reversed(history[:-1]), reversed(history[1:]), strict=True):
+        if not successor.is_rollback and earlier.version_id != current.version_id:
+            return earlier.version
+    return None
 
 
 @transaction.atomic

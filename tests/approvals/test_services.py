@@ -320,3 +320,20 @@ def test_double_submit_by_one_reviewer(owner, author, approver1, v1, production)
     )
     assert sum(isinstance(outcome, ApiError) for outcome in outcomes) == 1
     assert Review.objects.count() == 1
+
+
+def test_a_rolled_back_version_is_not_offered_again(author, approver1, v1, v2, staging):
+    from apps.approvals.services import previous_holder
+
+    for version in (v1, v2):
+        promotion_approve(
+            promotion=promotion_request(actor=author, version=version, stage=staging),
+            reviewer=approver1,
+            via="web",
+        )
+    assert previous_holder(staging) == v1
+    stage_rollback(stage=staging, actor=approver1, reason="v2 drifts")
+    assert previous_holder(staging) is None
+    with pytest.raises(ApiError) as error:
+        stage_rollback(stage=staging, actor=approver1, reason="undo")
+    assert error.value.status == 409
