@@ -12,6 +12,8 @@ from apps.accounts.api import router as accounts_router
 from apps.accounts.api_access import router as access_router
 from apps.accounts.auth import api_auth
 from apps.approvals.api import router as approvals_router
+from apps.approvals.api_manifest import router as manifest_router
+from apps.audit.api_webhooks import router as webhooks_router
 from apps.registry.api import router as registry_router
 from apps.registry.api_files import router as files_router
 from registry_site.api_errors import ApiError, api_error_response, error_response
@@ -32,6 +34,8 @@ api.add_router("/models", registry_router)
 api.add_router("/models", files_router)
 api.add_router("/models", access_router)
 api.add_router("/", approvals_router)
+api.add_router("/", manifest_router)
+api.add_router("/", webhooks_router)
 
 
 @api.exception_handler(ApiError)

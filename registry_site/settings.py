@@ -249,8 +249,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.registry.tasks.sweep_orphan_objects_task",
         "schedule": 24 * 3600,
     },
+    "sweep-webhooks": {"task": "apps.audit.tasks.webhook_sweep_task", "schedule": 60},
     "expire-requests": {"task": "apps.approvals.tasks.expire_requests_task", "schedule": 300},
 }
+
+# Local development and tests only: http:// and private/loopback webhook receivers allowed.
+REGENT_WEBHOOK_ALLOW_PRIVATE = env_bool("REGENT_WEBHOOK_ALLOW_PRIVATE", default=False)
 
 # --- Email ----------------------------------------------------------------------------------
 EMAIL_HOST = env_str("EMAIL_HOST") or ""

@@ -19,6 +19,7 @@ from django.http import Http404, HttpRequest
 from ninja import Field, Router, Schema
 
 from apps.approvals.models import Stage
+from apps.approvals.schemas import ErrorOut
 from apps.approvals.validation import STAGE_NAME
 from apps.registry.access import access_model
 from apps.registry.models import ModelVersion, VersionStatus
@@ -44,16 +45,6 @@ class ManifestOut(Schema):
     since: datetime | None = Field(description="When this version started holding the stage")
     status: str = Field(description="Always ready: any other status is a 409")
     files: list[ManifestFileOut]
-
-
-class ErrorBody(Schema):
-    code: str
-    message: str
-    details: dict[str, Any]
-
-
-class ErrorOut(Schema):
-    error: ErrorBody
 
 
 def _stage(request: HttpRequest, name: str, stage_name: str) -> Stage:
@@ -99,7 +90,7 @@ def file_url(model: str, number: int, path: str) -> str:
 
 @router.get(
     "/models/{name}/stages/{stage}/manifest",
-    response={200: ManifestOut, 404: ErrorOut, 409: ErrorOut},
+    response={200: ManifestOut, 401: ErrorOut, 404: ErrorOut, 409: ErrorOut},
     summary="What a stage holds, with verified digests and download URLs",
 )
 def stage_manifest(request: HttpRequest, name: str, stage: str) -> dict[str, Any]:

@@ -69,3 +69,111 @@ class AuditCheck(models.Model):
 
     def __str__(self) -> str:
         return f"{'intact' if self.ok else 'broken'} at {self.checked_at:%Y-%m-%d %H:%M}"
+
+
+# --- Webhooks --------------------------------------------------------------------------------
+# Outbound notifications ride on the log: `audit_record` hands each event to
+# `apps.audit.webhooks.webhook_fanout`, which writes one WebhookDelivery per subscribed
+# endpoint in the same transaction (an outbox); a Celery task then sends it, signed.
+
+# The audit actions an endpoint may subscribe to, in the order the API documents them.
+WEBHOOK_EVENTS = (
+    "version.created",
+    "version.ready",
+    "version.failed",
+    "promotion.requested",
+    "promotion.approved",
+    "promotion.rejected",
+    "stage.changed",
+    "stage.rolled_back",
+)
+
+
+class Webhook(models.Model):
+    """An endpoint that receives signed POSTs for some events of one model, or of every
+    model (`model` null: a global webhook, which only superusers manage)."""
+
+    model = models.ForeignKey(
+        "registry.RegisteredModel",
+        models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="webhooks",
+    )
+    # Stored in the canonical form the SSRF guard produced (validated = stored = used).
+    url = models.CharField(max_length=2048)
+    events = models.JSONField(default=list)
+    description = models.CharField(max_length=1000, blank=True)
+    # "whsec_" + base64(24 random bytes). Needed in clear to sign every delivery, so it is
+    # stored; it is shown once at creation and never again: not by the API, not in the
+    # audit log, not in logs.
+    secret = models.CharField(max_length=64, editable=False)
+    active = models.BooleanField(default=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        # The host only: paths and queries of webhook URLs often carry a token of their own.
+        from urllib.parse import urlsplit
+
+        return f"webhook #{self.pk} to {urlsplit(self.url).hostname or '?'}"
+
+    @property
+    def audit_model_id(self) -> int | None:
+        return self.model_id
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DELIVERING = "delivering", "Delivering"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class WebhookDelivery(models.Model):
+    """One event for one endpoint: the outbox row, then the log of its latest attempt."""
+
+    webhook = models.ForeignKey(Webhook, models.CASCADE, related_name="deliveries")
+    # The audit event's id (the `webhook-id` header is derived from it, stable across retries).
+    event_id = models.CharField(max_length=64)
+    event_type = models.CharField(max_length=64)
+    # Built once at fan-out: retries and redeliveries send the same document.
+    payload = models.JSONField()
+    status = models.CharField(
+        max_length=10, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING
+    )
+    attempts = models.PositiveSmallIntegerField(default=0)
+    response_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    # pending: when the next attempt is due; delivering: when the sender's claim lapses (a
+    # worker killed mid-send), after which the sweep hands the row out again.
+    next_attempt_at = models.DateTimeField(db_default=models.functions.Now())
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "webhook deliveries"
+        constraints = [
+            # One delivery per endpoint per event: a fan-out or a task run twice sends once.
+            models.UniqueConstraint(fields=["webhook", "event_id"], name="webhook_delivery_once"),
+            models.CheckConstraint(
+                condition=models.Q(status__in=DeliveryStatus.values),
+                name="webhook_delivery_status_valid",
+            ),
+        ]
+        indexes = [
+            # The sweep: due pending rows and lapsed claims.
+            models.Index(fields=["status", "next_attempt_at"], name="webhook_delivery_due_idx"),
+            # The delivery log of one endpoint, newest first.
+            models.Index(fields=["webhook", "-id"], name="webhook_delivery_log_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} #{self.event_id} to webhook #{self.webhook_id} ({self.status})"

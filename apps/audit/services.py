@@ -10,6 +10,7 @@ from django.utils.ipv6 import clean_ipv6_address
 from apps.audit.chain import GENESIS_HASH, ChainReport, event_hash, to_storable_json
 from apps.audit.context import current_context
 from apps.audit.models import AuditCheck, AuditEvent
+from apps.audit.webhooks import webhook_fanout
 
 # Any constant works: it names the one advisory lock that serialises the chain head.
 CHAIN_LOCK_KEY = 0x52454745  # "REGE"
@@ -80,9 +81,12 @@ def audit_record(
         _lock_chain_head()
         prev_hash = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first()
         prev_hash = prev_hash or GENESIS_HASH
-        return AuditEvent.objects.create(
+        event = AuditEvent.objects.create(
             prev_hash=prev_hash, hash=event_hash(prev_hash, fields), **fields
         )
+        # Webhooks ride on the log: their outbox rows join this same transaction.
+        webhook_fanout(event)
+        return event
 
 
 def audit_check_record(report: ChainReport) -> AuditCheck:

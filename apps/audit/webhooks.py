@@ -1,0 +1,145 @@
+"""Webhook fan-out: audit events become outbox rows in the same transaction.
+
+`audit_record` calls `webhook_fanout(event)` for every event it writes. For the actions in
+WEBHOOK_EVENTS it creates one WebhookDelivery per active webhook subscribed to that action,
+on the event's model or global, then enqueues their sending after commit. A rolled-back
+change therefore notifies no one, and a committed one is never lost: if the broker is down
+at commit, the row stays `pending` and `webhook_sweep` enqueues it later.
+
+Other actions cost nothing (no query). The payload is built here, once, from the event's
+target, and is kept small: the model, version, stage, status and actor of this event, links
+to Regent, never data of other models.
+"""
+
+from datetime import UTC
+from functools import partial
+from typing import Any
+from urllib.parse import quote
+
+from django.apps import apps
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import Q
+from django.urls import NoReverseMatch
+
+from apps.audit.models import WEBHOOK_EVENTS, AuditEvent, Webhook, WebhookDelivery
+
+API_PREFIX = "/api/v1"
+
+
+def webhook_fanout(event: AuditEvent) -> list[WebhookDelivery]:
+    """Queue `event` for every subscribed endpoint; runs in the caller's transaction."""
+    if event.action not in WEBHOOK_EVENTS:
+        return []
+    scope = Q(model__isnull=True)
+    if event.model_id is not None:
+        scope |= Q(model_id=event.model_id)
+    webhooks = [
+        webhook
+        for webhook in Webhook.objects.filter(scope, active=True).only("pk", "events")
+        if event.action in webhook.events
+    ]
+    if not webhooks:
+        return []
+    payload = webhook_payload(event)
+    deliveries = WebhookDelivery.objects.bulk_create(
+        WebhookDelivery(
+            webhook=webhook,
+            event_id=str(event.pk),
+            event_type=event.action,
+            payload=payload,
+            next_attempt_at=event.at,
+        )
+        for webhook in webhooks
+    )
+    from apps.audit.webhook_delivery import enqueue_delivery
+
+    for delivery in deliveries:
+        transaction.on_commit(partial(enqueue_delivery, delivery.pk))
+    return deliveries
+
+
+def webhook_payload(event: AuditEvent) -> dict[str, Any]:
+    """`{"type", "timestamp", "data": {"model", "version", "stage", "status", "actor", …}}`."""
+    data: dict[str, Any] = {
+        "model": None,
+        "version": None,
+        "stage": None,
+        "status": None,
+        "actor": event.actor_name,
+    }
+    target = _target(event)
+    if target is not None:
+        data.update(_describe(target, event))
+    return {
+        "type": event.action,
+        "timestamp": event.at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "data": data,
+    }
+
+
+def _target(event: AuditEvent) -> models.Model | None:
+    try:
+        model_class = apps.get_model(event.target_type)
+    except (LookupError, ValueError):
+        return None
+    return model_class._default_manager.filter(pk=event.target_id).first()
+
+
+def _describe(target: models.Model, event: AuditEvent) -> dict[str, Any]:
+    label = target._meta.label_lower
+    if label == "registry.modelversion":
+        return _version_data(target)
+    if label == "approvals.promotionrequest":
+        return _promotion_data(target)
+    if label == "approvals.stage":
+        return _stage_data(target, event)
+    return {}
+
+
+def _version_data(version: Any) -> dict[str, Any]:
+    return {
+        "model": version.model.name,
+        "version": version.number,
+        "status": version.status,
+        "url": absolute_url(version),
+    }
+
+
+def _promotion_data(promotion: Any) -> dict[str, Any]:
+    return {
+        "model": promotion.stage.model.name,
+        "version": promotion.version.number,
+        "stage": promotion.stage.name,
+        "status": promotion.status,
+        "promotion_id": promotion.pk,
+        "url": absolute_url(promotion),
+    }
+
+
+def _stage_data(stage: Any, event: AuditEvent) -> dict[str, Any]:
+    holder = stage.current_version
+    before = (event.changes or {}).get("before") or {}
+    return {
+        "model": stage.model.name,
+        "version": holder.number if holder else None,
+        "previous_version": before.get("version"),
+        "stage": stage.name,
+        "status": holder.status if holder else None,
+        "url": absolute_url(stage),
+        "manifest_url": api_url("models", stage.model.name, "stages", stage.name, "manifest"),
+    }
+
+
+def absolute_url(target: Any) -> str | None:
+    """The object's page on REGENT_BASE_URL (never a host taken from a request)."""
+    try:
+        return settings.REGENT_BASE_URL + target.get_absolute_url()
+    except NoReverseMatch:
+        return None
+
+
+def api_url(*segments: str) -> str:
+    """An absolute REST API URL, each segment percent-encoded."""
+    path = "/".join(quote(str(segment), safe="") for segment in segments)
+    return f"{settings.REGENT_BASE_URL}{API_PREFIX}/{path}"
