@@ -13,6 +13,7 @@ from apps.accounts.api_access import router as access_router
 from apps.accounts.auth import api_auth
 from apps.approvals.api import router as approvals_router
 from apps.approvals.api_manifest import router as manifest_router
+from apps.audit.api import router as audit_router
 from apps.audit.api_webhooks import router as webhooks_router
 from apps.registry.api import router as registry_router
 from apps.registry.api_files import router as files_router
@@ -36,6 +37,7 @@ api.add_router("/models", access_router)
 api.add_router("/", approvals_router)
 api.add_router("/", manifest_router)
 api.add_router("/", webhooks_router)
+api.add_router("/", audit_router)
 
 
 @api.exception_handler(ApiError)

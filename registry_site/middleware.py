@@ -12,7 +12,7 @@ from registry_site.api_errors import error_response
 
 logger = logging.getLogger(__name__)
 
-API_PREFIXES = ("/api/",)
+API_PREFIXES = ("/api/", "/ajax-api/")
 # Artifact uploads stream their body to storage under their own size limit.
 STREAMED_UPLOAD = re.compile(r"^/api/v1/models/[^/]+/versions/[^/]+/files/")
 

@@ -57,6 +57,7 @@ INSTALLED_APPS = [
     "apps.audit",
     "apps.registry",
     "apps.approvals",
+    "apps.mlflow_compat",
     "axes",
 ]
 

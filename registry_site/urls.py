@@ -19,10 +19,13 @@ urlpatterns = [
     path("accounts/", include("apps.accounts.urls")),
     path("", include("apps.accounts.access_urls")),
     path("", include("apps.approvals.urls")),
+    path("", include("apps.registry.urls_insight")),
     path("models/", include("apps.registry.urls")),
     path("audit/", include("apps.audit.urls")),
     path("api/v1/", api.urls),
     path("api/docs", api_docs, name="api-docs"),
+    path("api/2.0/mlflow/", include("apps.mlflow_compat.urls")),
+    path("ajax-api/2.0/mlflow/", include("apps.mlflow_compat.urls")),
     path("admin/", admin.site.urls),
 ]
 

@@ -56,7 +56,10 @@ def mlflow_routes() -> list[str]:
     return sorted(
         template
         for template in _walk(get_resolver().url_patterns)
-        if "mlflow/" in template and "<" not in template
+        if "mlflow/" in template
+        and "<" not in template
+        # create names a new model, not an existing one: a taken name must say so.
+        and not template.endswith("registered-models/create")
     )
 
 

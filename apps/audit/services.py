@@ -65,7 +65,6 @@ def audit_record(
     """
     context = current_context()
     fields: dict[str, Any] = {
-        "at": timezone.now(),
         **_actor_fields(actor, actor_name),
         "action": action[:64],
         **_target_fields(target),
@@ -79,6 +78,8 @@ def audit_record(
         fields["model_id"] = model_id
     with transaction.atomic():
         _lock_chain_head()
+        # Stamped under the chain lock, so event times follow chain order.
+        fields["at"] = timezone.now()
         prev_hash = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first()
         prev_hash = prev_hash or GENESIS_HASH
         event = AuditEvent.objects.create(
