@@ -284,9 +284,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     # Email approval links carry a token in their path: never let it reach a log line.
     "filters": {"redact_review_links": {"()": "apps.approvals.logging.RedactReviewLinks"}},
-    "handlers": {
-        "console": {"class": "logging.StreamHandler", "filters": ["redact_review_links"]}
-    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["redact_review_links"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL") or "INFO"},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
