@@ -54,6 +54,7 @@ from apps.approvals.models import (
 )
 from apps.audit.context import Via
 from apps.registry.access import access_model, access_version, can
+from apps.registry.history import recent_history
 from apps.registry.models import ModelVersion
 from registry_site.api_errors import ApiError
 
@@ -156,6 +157,7 @@ def _promotion_context(request: HttpRequest, promotion: PromotionRequest) -> dic
         "can_cancel": pending and (is_owner or user.pk == promotion.requested_by_id),
         "revision": promotion.revision,
         "version_state": version_fingerprint(version),
+        "events": recent_history(user, promotion),
     }
 
 
@@ -354,6 +356,7 @@ def _stage_page(
         "at_form": at_form,
         "held": held,
         "error": error,
+        "events": recent_history(user, stage),
     }
     return render(request, "approvals/stage_detail.html", context, status=status)
 

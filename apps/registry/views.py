@@ -18,7 +18,7 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from apps.registry import artifacts, detection, downloads, selectors
+from apps.registry import artifacts, detection, downloads, lineage_svg, selectors, views_insight
 from apps.registry.access import access_model, access_version, model_permissions
 from apps.registry.forms import (
     FileUploadForm,
@@ -28,6 +28,7 @@ from apps.registry.forms import (
     VersionCreateForm,
     VersionEditForm,
 )
+from apps.registry.history import recent_history
 from apps.registry.markdown import render_model_card
 from apps.registry.models import Artifact, ModelVersion, RegisteredModel, VersionStatus
 from apps.registry.services import model_create, model_update, version_create, version_update
@@ -124,9 +125,10 @@ def _versions_page(request: HttpRequest, model: RegisteredModel) -> Page:
 @require_GET
 @login_required
 def model_detail_view(request: HttpRequest, name: str) -> HttpResponse:
-    """The model page: its card, or its versions (`?tab=versions`)."""
+    """The model page: its card, versions (`?tab=versions`), trends or history."""
     model = access_model(request.user, name)
-    tab = "versions" if request.GET.get("tab") == "versions" else "card"
+    tabs = ("versions", "trends", "history")
+    tab = request.GET.get("tab") if request.GET.get("tab") in tabs else "card"
     page = _versions_page(request, model)
     versions = list(page.object_list)
     stages = _stages(model)
@@ -141,6 +143,10 @@ def model_detail_view(request: HttpRequest, name: str) -> HttpResponse:
         "version_count": page.paginator.count,
         "metric_names": _metric_names(versions),
     }
+    if tab == "trends":
+        context["trends"] = views_insight.trends_context(request, model)
+    if tab == "history":  # the model's events and those of its versions, stages, requests
+        context["events"] = recent_history(request.user, model)
     if tab == "card":
         # Sanitised by an allowlist in render_model_card: the only HTML a user controls.
         context["card_html"] = mark_safe(render_model_card(model.description))  # noqa: S308
@@ -246,6 +252,9 @@ def _version_context(request: HttpRequest, version: ModelVersion) -> dict[str, A
         "parents": version.visible_parents,  # set by selectors.version_detail
         "children": selectors.version_children(request.user, version),
         "can_upload": "edit" in perms and version.status == VersionStatus.PENDING,
+        "production_number": views_insight.production_holder_number(version.model),
+        "lineage": lineage_svg.lineage_view(request.user, version),
+        "events": recent_history(request.user, version),
     }
 
 
