@@ -97,7 +97,9 @@ def artifact_open_verified(artifact: Artifact) -> Iterator[bytes]:
     The last chunk is held back until the whole file has hashed to `artifact.sha256`; on a
     mismatch the version is flagged and ArtifactCorrupted is raised instead, so the server
     aborts the response and the client sees a body shorter than its Content-Length — never
-    a complete-looking corrupt file. A missing object is found before any header is sent
+    a complete-looking corrupt file. (A file that fits in one chunk is found out before any
+    header is sent: the client then gets an error status.) A missing object is found before
+    any header is sent
     (the version is flagged, then ArtifactUnavailable).
     """
     if not artifact.sha256:
