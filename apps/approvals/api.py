@@ -193,6 +193,7 @@ def _moment(value: str) -> datetime:
 
 def _stage_at(stage: Stage, moment: datetime) -> dict[str, Any]:
     held = selectors.holder_at(stage, moment)
+    story = selectors.tenure(held) if held else None
     return {
         "stage": stage.name,
         "at": moment,
@@ -201,6 +202,9 @@ def _stage_at(stage: Stage, moment: datetime) -> dict[str, Any]:
         "until": held.ended_at if held else None,
         "by": _username(held.assigned_by) if held else None,
         "via_request": held.promotion_id if held else None,
+        "approved_by": story.approved_by if story else [],
+        "replaced": story.replaced.number if story and story.replaced else None,
+        "rollback": held.is_rollback if held else False,
     }
 
 

@@ -252,7 +252,9 @@ def _confirm_page(
         "version": promotion.version,
         "stage": promotion.stage,
         "link": link,
-        "comparison": selectors.metrics_comparison(promotion.version, promotion.stage),
+        "comparison": selectors.metrics_comparison(
+            promotion.version, promotion.stage.current_version
+        ),
         "approvals": promotion.reviews.filter(decision=Decision.APPROVE).count(),
         "form": form or LinkDecisionForm(),
     }

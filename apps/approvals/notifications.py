@@ -132,7 +132,7 @@ def _review_mail(promotion: PromotionRequest, reviewer: Any):
     def build():
         context = {
             "promotion": promotion,
-            "comparison": metrics_comparison(promotion.version, promotion.stage),
+            "comparison": metrics_comparison(promotion.version, promotion.stage.current_version),
             "link": link_issue(promotion, reviewer),
         }
         subject = (

@@ -80,6 +80,9 @@ class StageAtOut(Schema):
     until: datetime | None = Field(description="When it stopped holding it; null: still does")
     by: str | None
     via_request: int | None
+    approved_by: list[str] = Field(description="Approvers of the request that put it there")
+    replaced: int | None = Field(description="The version it replaced; null if none")
+    rollback: bool = Field(description="Whether a rollback put it there")
 
 
 class RollbackIn(StrictIn):

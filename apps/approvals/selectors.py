@@ -29,9 +29,8 @@ class MetricRow:
     better: bool | None  # None when the direction is unknown or there is nothing to compare
 
 
-def metrics_comparison(version: ModelVersion, stage: Stage) -> list[MetricRow]:
-    """The version's metrics next to the stage holder's, with deltas and direction."""
-    holder = stage.current_version
+def metrics_comparison(version: ModelVersion, holder: ModelVersion | None) -> list[MetricRow]:
+    """The version's metrics next to `holder`'s (a stage's holder), with deltas and direction."""
     holder_metrics = holder.metrics if holder and holder.pk != version.pk else {}
     directions = version.model.metric_directions or {}
     names = sorted(set(version.metrics) | set(holder_metrics))
@@ -159,3 +158,53 @@ def promotion_list(
     if status:
         promotions = promotions.filter(promotion_status_filter(status))
     return promotions
+
+
+def comparison_baseline(promotion: PromotionRequest) -> tuple[ModelVersion | None, str]:
+    """What a request's version is compared with, and how to name it.
+
+    Pending: the stage's holder now. Approved: the version it replaced (so the page keeps
+    telling the story after later changes). Otherwise: what held the stage when it closed.
+    """
+    stage = promotion.stage
+    if promotion.status == PromotionStatus.PENDING:
+        return stage.current_version, "current holder"
+    if promotion.status == PromotionStatus.APPROVED:
+        own = stage.history.filter(promotion=promotion).first()
+        if own is not None:
+            before = (
+                stage.history.filter(started_at__lt=own.started_at)
+                .select_related("version")
+                .order_by("-started_at")
+                .first()
+            )
+            return (before.version if before else None), "replaced"
+    held = holder_at(stage, promotion.decided_at or promotion.created_at)
+    return (held.version if held else None), "holder then"
+
+
+@dataclass(frozen=True)
+class Tenure:
+    """One holder of a stage, with the story an auditor asks for."""
+
+    assignment: StageAssignment
+    replaced: ModelVersion | None
+    approved_by: list[str]
+
+
+def tenure(assignment: StageAssignment) -> Tenure:
+    """Who put `assignment.version` there (approvers of its request) and what it replaced."""
+    before = (
+        assignment.stage.history.filter(started_at__lt=assignment.started_at)
+        .select_related("version")
+        .order_by("-started_at")
+        .first()
+    )
+    approvers: list[str] = []
+    if assignment.promotion_id:
+        approvers = list(
+            Review.objects.filter(promotion_id=assignment.promotion_id, decision=Decision.APPROVE)
+            .order_by("at")
+            .values_list("reviewer__username", flat=True)
+        )
+    return Tenure(assignment, before.version if before else None, approvers)

@@ -137,6 +137,7 @@ def _promotion_context(request: HttpRequest, promotion: PromotionRequest) -> dic
     failures = promotion.notifications.filter(status=NotificationStatus.FAILED)
     refusal = _review_refusal(promotion, user, reviews)
     pending = promotion.status == PromotionStatus.PENDING
+    baseline, baseline_label = selectors.comparison_baseline(promotion)
     return {
         "promotion": promotion,
         "version": version,
@@ -148,8 +149,10 @@ def _promotion_context(request: HttpRequest, promotion: PromotionRequest) -> dic
         "checks": checks,
         "checks_live": live,
         "checks_failed": sum(not check.get("passed") for check in checks),
-        "comparison": selectors.metrics_comparison(version, stage),
-        "holder": stage.current_version,
+        "comparison": selectors.metrics_comparison(version, baseline),
+        "holder": baseline,
+        "holder_label": baseline_label,
+        "holder_now": stage.current_version,
         "files": list(version.files.all()),
         "failed_emails": list(failures.select_related("recipient")) if show_failures else [],
         "can_review": refusal is None,
@@ -340,7 +343,8 @@ def _stage_page(
     at_form = HolderAtForm(request.GET if "at" in request.GET else None)
     held = None
     if at_form.is_bound and at_form.is_valid():
-        held = selectors.holder_at(stage, at_form.cleaned_data["at"])
+        found = selectors.holder_at(stage, at_form.cleaned_data["at"])
+        held = selectors.tenure(found) if found else None
     elif at_form.is_bound and status == 200:
         status = 400
     context = {

@@ -212,7 +212,11 @@ def test_request_approve_move_rollback_and_ask_the_past(http, author, approver1,
         "until": "2026-03-15T12:00:00Z",
         "by": "frank",
         "via_request": second["id"],
+        "approved_by": answer["approved_by"],
+        "replaced": 1,
+        "rollback": False,
     }
+    assert len(answer["approved_by"]) == 2 and "frank" in answer["approved_by"]
     assert http.get(author, PRODUCTION_URL, at="2026-03-10T13:59:59Z").json()["version"] is None
     assert http.get(author, PRODUCTION_URL, at="2026-03-12T00:00:00Z").json()["version"] == 1
     assert http.get(author, PRODUCTION_URL, at="2026-03-16").json()["version"] == 1
@@ -255,6 +259,9 @@ def test_at_accepts_iso_moments(http, author, production, value, expected):
         "until": None,
         "by": None,
         "via_request": None,
+        "approved_by": [],
+        "replaced": None,
+        "rollback": False,
     }
 
 
