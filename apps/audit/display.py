@@ -61,15 +61,13 @@ class ChangeRow:
     has_before: bool = False
     has_after: bool = False
     is_diff: bool = False
+    after_empty: bool = False
 
 
 def _is_diff(changes: dict[str, Any]) -> bool:
-    keys = set(changes)
-    return (
-        bool(keys)
-        and keys <= {"before", "after"}
-        and all(isinstance(changes[key], dict) for key in keys)
-    )
+    """An edit: "before"/"after" maps, possibly beside other keys (a rollback's reason)."""
+    sides = {"before", "after"} & set(changes)
+    return bool(sides) and all(isinstance(changes[key], dict) for key in sides)
 
 
 def _diff_rows(before: dict[str, Any], after: dict[str, Any]) -> list[ChangeRow]:
@@ -79,12 +77,18 @@ def _diff_rows(before: dict[str, Any], after: dict[str, Any]) -> list[ChangeRow]
             field=shorten(printable(field, multiline=False), 80),
             before=show_value(before[field]) if field in before else "",
             after=show_value(after[field]) if field in after else "",
-            has_before=field in before,
-            has_after=field in after,
+            # A null or empty value reads as "(none)", not as a struck-out "null".
+            has_before=_present(before, field),
+            has_after=_present(after, field),
+            after_empty=field in after and not _present(after, field),
             is_diff=True,
         )
         for field in fields[:MAX_SHOWN_FIELDS]
     ]
+
+
+def _present(side: dict[str, Any], field: str) -> bool:
+    return field in side and side[field] not in (None, "", [], {})
 
 
 def change_rows(changes: Any) -> list[ChangeRow]:
@@ -93,7 +97,15 @@ def change_rows(changes: Any) -> list[ChangeRow]:
     if not changes:
         return []
     if isinstance(changes, dict) and _is_diff(changes):
-        return _diff_rows(changes.get("before", {}), changes.get("after", {}))
+        extra = {k: v for k, v in changes.items() if k not in ("before", "after")}
+        return _diff_rows(changes.get("before", {}), changes.get("after", {})) + [
+            ChangeRow(
+                field=shorten(printable(key, multiline=False), 80),
+                after=show_value(value),
+                has_after=True,
+            )
+            for key, value in extra.items()
+        ]
     if not isinstance(changes, dict):
         return [ChangeRow(field="", after=show_value(changes), has_after=True)]
     return [
