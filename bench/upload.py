@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mib", type=int, default=1024, help="file size in MiB")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--claim", choices=["both", "yes", "no"], default="both")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per claim mode (medians)")
     parser.add_argument("--keep", action="store_true", help="keep the model and stored files")
     parser.add_argument("--interval", type=float, default=0.1, help="RSS sampling period (s)")
     return parser.parse_args(argv)
@@ -175,9 +176,21 @@ def wait_for(predicate: Any, process: Process, what: str) -> None:
     raise TimeoutError(f"{what} not after {START_TIMEOUT}s:\n{process.tail()}")
 
 
+GUNICORN_CONF = common.REPO_ROOT / "registry_site" / "gunicorn.conf.py"
+
+
+def gunicorn_command(port: int) -> list[str]:
+    """The production configuration when there is one, with the bench's size on top."""
+    command = [str(common.VENV_BIN / "gunicorn")]
+    if GUNICORN_CONF.exists():
+        command += ["-c", str(GUNICORN_CONF.relative_to(common.REPO_ROOT))]
+    command += ["registry_site.wsgi", "-b", f"127.0.0.1:{port}"]
+    return [*command, "-w", "1", "--threads", "4", "--timeout", "3600"]
+
+
 def start_server(port: int, env: dict[str, str]) -> Process:
-    command = [str(common.VENV_BIN / "gunicorn"), "registry_site.wsgi"]
-    command += ["-b", f"127.0.0.1:{port}", "-w", "1", "--threads", "4", "--timeout", "3600"]
+    command = gunicorn_command(port)
+    print(f"\n  server: {' '.join(command[1:])}", end="", flush=True)
     server = start("gunicorn", command, env)
 
     def healthy() -> bool:
@@ -368,6 +381,33 @@ def print_run(result: RunResult, size: int, ref: Reference) -> None:
         )
 
 
+def print_medians(results: list[RunResult], ref: Reference) -> None:
+    print(f"\n== medians over the runs (reference {ref.total_s:.2f} s)")
+    rows = []
+    for label in dict.fromkeys(result.label for result in results):
+        mine = [result for result in results if result.label == label]
+        totals = [result.total_s for result in mine]
+        rows.append(
+            (
+                label,
+                len(mine),
+                f"{common.percentile([result.upload_s for result in mine], 50):.2f}",
+                f"{common.percentile([result.ready_s for result in mine], 50):.2f}",
+                f"{common.percentile(totals, 50):.2f}",
+                f"{min(totals):.2f}-{max(totals):.2f}",
+                f"{common.percentile(totals, 50) / ref.total_s:.2f}x",
+                max(
+                    (track.peak_kib - track.baseline_kib) / 1024
+                    for result in mine
+                    for track in result.tracks
+                    if track.label == "gunicorn worker"
+                ),
+            )
+        )
+    headers = ["run", "n", "upload s", "ready s", "total s", "total range", "ratio", "srv +MiB"]
+    common.print_table(headers, rows)
+
+
 # --- Main -----------------------------------------------------------------------------------
 
 
@@ -440,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
         status, body = request("POST", args.port, "/api/v1/models", {"name": model_name}, token)
         expect(status, body, 201, "create model")
         request("GET", args.port, f"/api/v1/models/{model_name}", None, token)  # warm
-        runs = {"no": [False], "yes": [True], "both": [False, True]}[args.claim]
+        runs = {"no": [False], "yes": [True], "both": [False, True]}[args.claim] * args.repeat
         with sampler:
             for claim in runs:
                 label = "with X-Content-SHA256" if claim else "without checksum claim"
@@ -463,6 +503,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nFile: {common.mib(size):.0f} MiB; model {model_name}; logs in var/bench/logs/")
     for result in results:
         print_run(result, size, ref)
+    if args.repeat > 1:
+        print_medians(results, ref)
     if len(results) > 1:
         print("\n== across the runs (first baseline → highest peak)")
         for index, first in enumerate(results[0].tracks):
