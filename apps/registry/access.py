@@ -15,7 +15,7 @@ from django.contrib.auth.models import Group, Permission
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.db import models
-from django.db.models import BooleanField, Count, Q, QuerySet, Value
+from django.db.models import BooleanField, Count, Exists, OuterRef, Q, QuerySet, Value
 from django.http import Http404
 from guardian.conf import settings as guardian_settings
 from guardian.core import ObjectPermissionChecker
@@ -28,6 +28,7 @@ from apps.registry.models import (
     RegisteredModelUserObjectPermission,
     Visibility,
 )
+from apps.registry.paths import model_name_key
 
 VIEW = "view_registeredmodel"
 EDIT = "change_registeredmodel"
@@ -77,9 +78,31 @@ def can(user: Any, action: str, model: RegisteredModel) -> bool:
     return action in model_permissions(user, model)
 
 
+def _viewable_row(user: Any) -> Q:
+    """One model row is viewable: a per-row EXISTS on guardian's unique indexes, cheaper for a
+    single lookup than the list's IN over every grant the user holds."""
+    if user.is_superuser:
+        return Q()
+    grant = {"permission__codename": VIEW, "content_object": OuterRef("pk")}
+    return (
+        Q(visibility=Visibility.INTERNAL)
+        | Q(Exists(RegisteredModelUserObjectPermission.objects.filter(user=user, **grant)))
+        | Q(Exists(RegisteredModelGroupObjectPermission.objects.filter(group__user=user, **grant)))
+    )
+
+
 def access_model(user: Any, name: str, action: str = "view") -> RegisteredModel:
     """The model named `name` if `user` may do `action` on it; 404 if not visible, else 403."""
-    model = models_visible_to(user).filter(name=name).first()
+    if not getattr(user, "is_authenticated", False) or not user.is_active:
+        raise Http404("Not found.")
+    try:
+        key = model_name_key(name)
+    except ValueError:
+        raise Http404("Not found.") from None
+    # name_key is uniquely indexed; `name` keeps the lookup exact (no case-folded aliases).
+    model = (
+        RegisteredModel.objects.filter(name_key=key, name=name).filter(_viewable_row(user)).first()
+    )
     if model is None:
         raise Http404("Not found.")
     if action != "view" and not can(user, action, model):

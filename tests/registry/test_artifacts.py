@@ -9,13 +9,14 @@ import io
 import os
 import re
 import stat
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.exceptions import SuspiciousFileOperation
-from django.db import connections
+from django.db import connection, connections
 from django.utils import timezone
 
 from apps.accounts.models import TokenScope
@@ -728,6 +729,18 @@ def test_bytes_changed_between_upload_and_verify_fail(
     )
 
 
+def _wait_for_backend_exit(pid: int, timeout: float = 10.0) -> None:
+    """The server ends a closed session asynchronously; its locks go when its backend does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid])
+            if cursor.fetchone() is None:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"backend {pid} still running after {timeout} s")
+
+
 def test_verify_skips_a_version_another_worker_is_hashing(api_client, version, editor_auth):
     put_file(api_client, version, "a.bin", b"a", editor_auth)
     api_client.post(seal_url(version), **editor_auth)
@@ -740,7 +753,9 @@ def test_verify_skips_a_version_another_worker_is_hashing(api_client, version, e
         assert version_verify(version_id=version.pk).status == VersionStatus.VERIFYING
         assert events("artifact.verified") == 0
     finally:
+        other_pid = other.connection.info.backend_pid
         other.close()  # the lease dies with the session, as with a killed worker
+    _wait_for_backend_exit(other_pid)
     assert version_verify(version_id=version.pk).status == VersionStatus.READY
 
 
