@@ -1,7 +1,7 @@
 """The audit export: CSV for people, JSON Lines for verifiers, streamed in constant memory.
 
-Rows come from a server-side cursor (`.iterator(chunk_size=2000)`) and leave in blocks of
-about 64 KB, so a million events never sit in memory at once.
+Rows come from keyset pages of 500 (`id > last`) and leave in blocks of about 64 KB, so
+a million events never sit in memory at once.
 
 - JSONL is exact: one object per line with `id`, every chained field exactly as hashed
   (`at` in the chain's canonical UTC form), `prev_hash` and `hash`. ASCII-only output
@@ -26,7 +26,7 @@ from apps.audit.chain import _timestamp as chain_timestamp
 from apps.audit.display import printable
 from apps.audit.models import AuditEvent
 
-CHUNK_ROWS = 2000
+CHUNK_ROWS = 500
 BLOCK_BYTES = 64 * 1024
 COLUMNS = ("id", *CHAINED_FIELDS, "prev_hash", "hash")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -37,8 +37,19 @@ FORMATS = {
 
 
 def export_rows(events: QuerySet[AuditEvent]) -> Iterator[dict[str, Any]]:
-    """`events` in chain order (oldest first) as plain dicts, from a server-side cursor."""
-    return events.order_by("id").values(*COLUMNS).iterator(chunk_size=CHUNK_ROWS)
+    """`events` in chain order (oldest first) as plain dicts, a keyset page at a time.
+
+    Not a server-side cursor: outside a transaction Django declares it WITH HOLD, and
+    PostgreSQL then materialises the whole result before the first row leaves.
+    """
+    rows = events.order_by("id").values(*COLUMNS)
+    last_id = 0
+    while True:
+        batch = list(rows.filter(id__gt=last_id)[:CHUNK_ROWS])
+        if not batch:
+            return
+        yield from batch
+        last_id = batch[-1]["id"]
 
 
 def export_filename(export_format: str, now: datetime) -> str:

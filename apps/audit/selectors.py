@@ -26,7 +26,8 @@ from apps.registry.paths import model_name_key
 # "more than 10 000" instead, and the count query reads at most COUNT_CAP + 1 rows.
 COUNT_CAP = 10_000
 PAGE_SIZE = 50
-MAX_LISTED_MODELS = 5000
+# A literal id list beats the permission subquery even for large grants (measured at 10k).
+MAX_LISTED_MODELS = 20000
 MODEL_TYPE = RegisteredModel._meta.label_lower
 
 

@@ -406,7 +406,7 @@ def test_api_hides_a_private_model_from_an_outsider(client, audit_api, outsider,
     assert SECRET not in str(body)
     assert body["count"] == len(body["items"])
     body = api_get(client, audit_api, outsider, model=SECRET).json()
-    assert body == {"items": [], "count": 0, "page": 1, "pages": 1}
+    assert body == {"items": [], "count": 0, "count_capped": False, "page": 1, "pages": 1}
 
 
 def test_api_lists_a_viewers_events_with_filters(client, audit_api, bob, private_model):
