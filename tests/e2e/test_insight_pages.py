@@ -564,9 +564,7 @@ def check_stage_timeline(page: Page, base: str, story: Story) -> dict[str, Any]:
     assert answer_json["since"].startswith("2026-03-14T09:40:00")
     assert answer_json["until"].startswith("2026-03-20T10:05:00")
     # The page and the API give the same answer.
-    page_answer = re.match(
-        r"At (\S+ \S+) UTC: v(\d+), from (\S+ \S+) until (\S+ \S+)\.", answer
-    )
+    page_answer = re.match(r"At (\S+ \S+) UTC: v(\d+), from (\S+ \S+) until (\S+ \S+)\.", answer)
     assert page_answer, answer
     assert answer_json["approved_by"] == ["erin", "frank"]
     assert answer_json["replaced"] == 2
