@@ -612,7 +612,7 @@ def check_audit(page: Page, base: str, story: Story) -> None:
         ("frank", "promotion.reviewed"),
         ("erin", "promotion.reviewed"),
     ], found
-    assert re.search(r"version:? 2 → 4", found[0][2]), found[0]  # what it replaced
+    assert re.search(r"version:? 2 → (changed to )?4", found[0][2]), found[0]  # what it replaced
     times = [words(row.locator("td").nth(0).inner_text()) for row in rows.all()]
     assert times == [
         "2026-03-14 09:40:00",
