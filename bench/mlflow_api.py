@@ -1,6 +1,7 @@
 """The same model registry workload against Regent's MLflow API and a real `mlflow server`.
 
     .venv/bin/python -m bench.mlflow_api [--quick] [--only regent|mlflow] [--keep]
+                                         [--port 8790] [--gunicorn-config PATH]
 
 1. MLflow: a throwaway virtualenv under var/bench/mlflow-venv (reused while it holds the
    wanted version) with `pip install mlflow==3.17.2`, the full server. It is started twice
@@ -15,7 +16,9 @@
    per request (`http.client`, `Connection: close`, the same REST calls the client makes):
    create N models x V versions (source `s3://bench/run/model`), G `get_registered_model`
    and G `get_model_version`, S `search_registered_models` and S `search_model_versions`
-   with a filter, M moves of the free alias `champion`. Each call is timed.
+   with a filter, M moves of the free alias `champion` (the stock client's
+   `set_registered_model_alias` is two requests: a model get, then the alias POST). Each
+   call is timed and checked.
 4. Start-up: process start → first 200 from `/health` (MLflow) or `/healthz` (Regent).
    Memory: VmRSS summed over each process tree (and PSS, which counts pages shared between
    forked processes once) just after start-up, and the highest RSS sum during the workload.
@@ -27,6 +30,7 @@ here is stopped in `finally`; Regent's bench models are deleted at the end unles
 
 import argparse
 import contextlib
+import gzip
 import http.client
 import json
 import logging
@@ -62,6 +66,7 @@ START_TIMEOUT = 180.0  # MLflow as shipped takes 6-30 s on two busy cores
 STOP_TIMEOUT = 15.0
 REQUEST_TIMEOUT = 120.0
 SEED = 20_240_601
+GUNICORN_CONFIG = "registry_site/gunicorn.conf.py"
 # MLflow 3 clients and servers fetch a telemetry config from the internet: loopback only here.
 NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
@@ -95,6 +100,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", choices=["regent", "mlflow"], help="run one side only")
     parser.add_argument("--port", type=int, default=8790, help="first of the ports used")
     parser.add_argument("--keep", action="store_true", help="keep Regent's bench models")
+    parser.add_argument(
+        "--gunicorn-config",
+        default=GUNICORN_CONFIG,
+        help="Regent's gunicorn config (to try a change on the same workload)",
+    )
     return parser.parse_args(argv)
 
 
@@ -344,8 +354,8 @@ def regent_token() -> str:
     return plaintext
 
 
-def start_regent_web(port: int, env: dict[str, str]) -> Server:
-    command = [str(common.VENV_BIN / "gunicorn"), "-c", "registry_site/gunicorn.conf.py"]
+def start_regent_web(port: int, env: dict[str, str], config: str) -> Server:
+    command = [str(common.VENV_BIN / "gunicorn"), "-c", config]
     command += ["registry_site.wsgi", "--bind", f"127.0.0.1:{port}"]
     return launch("gunicorn", command, env, common.REPO_ROOT)
 
@@ -453,6 +463,8 @@ class FreshClient:
             data = response.read()
         finally:
             conn.close()
+        if response.getheader("Content-Encoding") == "gzip":
+            data = gzip.decompress(data)
         if response.status != 200:
             raise RuntimeError(f"{method} {path}: {response.status} {data[:300]!r}")
         return json.loads(data) if data else {}
@@ -636,7 +648,7 @@ def bench_mlflow(
 
 
 def bench_regent(
-    label: str, port: int, work: Workload, prefix: str, token: str
+    label: str, port: int, work: Workload, prefix: str, token: str, config: str
 ) -> tuple[list[RunResult], ServerFigures]:
     env = common.subprocess_env(**common.bench_env(broker=True, PORT=str(port)))
     env.pop("GUNICORN_CMD_ARGS", None)
@@ -644,7 +656,7 @@ def bench_regent(
     servers: list[Server] = []
     try:
         print(f"Starting {label}…", flush=True)
-        web = start_regent_web(port, env)
+        web = start_regent_web(port, env, config)
         servers.append(web)
         worker = start_regent_worker(env)
         servers.append(worker)
@@ -796,8 +808,10 @@ def main(argv: list[str] | None = None) -> None:
                 figures.append(figure)
         if args.only != "mlflow":
             token = regent_token()
+            label = f"Regent ({Path(args.gunicorn_config).name})"
+            port = args.port + 2
             found, figure = bench_regent(
-                "Regent (gunicorn.conf.py)", args.port + 2, work, regent_prefix, token
+                label, port, work, regent_prefix, token, args.gunicorn_config
             )
             results += found
             figures.append(figure)
