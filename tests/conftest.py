@@ -1,12 +1,22 @@
 """Shared fixtures: personas and API clients."""
 
+from typing import Any
+
 import pytest
 from django.test import Client
+from guardian.shortcuts import assign_perm
 
 from apps.accounts.models import TokenScope, User
 from apps.accounts.services import token_create
+from apps.registry import access
 
 PASSWORD = "correct-horse-battery-staple"
+
+
+def grant(user: User, model: Any, role: str) -> None:
+    """Give `user` a role (viewer, editor, owner) on a registered model, as guardian rows."""
+    for codename in access.ROLE_PERMISSIONS[role]:
+        assign_perm(f"registry.{codename}", user, model)
 
 
 def make_user(username: str, **extra: object) -> User:

@@ -13,19 +13,11 @@ from apps.approvals.access import set_approver
 from apps.approvals.models import Stage
 from apps.approvals.services import policy_update, promotion_approve, promotion_request
 from apps.audit.services import audit_record
-from apps.registry.access import ROLE_PERMISSIONS
 from apps.registry.models import ModelVersion, VersionStatus
 from apps.registry.services import model_create, model_update, version_create, version_update
-from tests.conftest import make_user
+from tests.conftest import grant, make_user
 
 pytestmark = pytest.mark.django_db
-
-
-def grant(user, model, role: str) -> None:
-    from guardian.shortcuts import assign_perm
-
-    for codename in ROLE_PERMISSIONS[role]:
-        assign_perm(f"registry.{codename}", user, model)
 
 
 @pytest.fixture

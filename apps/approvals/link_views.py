@@ -311,10 +311,7 @@ def _claim_link(claim: LinkClaim, user: Any) -> PromotionRequest:
     list(ModelVersion.objects.select_for_update().filter(pk=locked.version_id).values_list("pk"))
     link = _load_link(claim)
     promotion = _check(link, claim, user)
-    claimed = ReviewLink.objects.filter(pk=link.pk, used_at__isnull=True).update(
-        used_at=timezone.now()
-    )
-    if claimed != 1:
+    if not services.review_link_claim(link):
         raise LinkProblem(410, "This link was already used", "A review link works once.")
     return promotion
 

@@ -19,6 +19,7 @@ from apps.approvals.models import (
     PromotionRequest,
     PromotionStatus,
     Review,
+    ReviewLink,
     Stage,
     StageAssignment,
     StagePolicy,
@@ -607,3 +608,15 @@ def _approvers_make(actor: Any, stage: Stage, wanted: list, current: Any) -> Non
     for pk, principal in held.items():
         if pk not in keep:
             approver_set(actor=actor, stage=stage, principal=principal, approve=False)
+
+
+def review_link_claim(link: ReviewLink) -> bool:
+    """Mark an email link used; False when another request already used it (single use).
+
+    Runs inside the caller's transaction, beside the decision it authorises: if that
+    decision is refused, the claim rolls back and the link stays usable.
+    """
+    claimed = ReviewLink.objects.filter(pk=link.pk, used_at__isnull=True).update(
+        used_at=timezone.now()
+    )
+    return claimed == 1

@@ -2,19 +2,13 @@
 
 import pytest
 from django.utils import timezone
-from guardian.shortcuts import assign_perm
 
 from apps.approvals.access import set_approver
 from apps.approvals.models import Stage
 from apps.approvals.services import stages_create_defaults
-from apps.registry.access import ROLE_PERMISSIONS, grant_creator_ownership
+from apps.registry.access import grant_creator_ownership
 from apps.registry.models import ModelVersion, RegisteredModel, VersionStatus
-from tests.conftest import make_user
-
-
-def grant(user, model, role: str) -> None:
-    for codename in ROLE_PERMISSIONS[role]:
-        assign_perm(f"registry.{codename}", user, model)
+from tests.conftest import grant, make_user
 
 
 @pytest.fixture

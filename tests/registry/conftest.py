@@ -8,21 +8,14 @@ refusal in a test comes from their role, never from the token's scope.
 from typing import Any
 
 import pytest
-from guardian.shortcuts import assign_perm
 
 from apps.accounts.models import TokenScope, User
 from apps.accounts.services import token_create
-from apps.registry import access
 from apps.registry.models import ModelVersion, RegisteredModel
 from apps.registry.services import model_create, version_create
-from tests.conftest import bearer, make_user
+from tests.conftest import bearer, grant, make_user
 
 MODELS_URL = "/api/v1/models"
-
-
-def grant(user: User, model: RegisteredModel, role: str) -> None:
-    for codename in access.ROLE_PERMISSIONS[role]:
-        assign_perm(f"registry.{codename}", user, model)
 
 
 def token_for(user: User) -> dict[str, str]:

@@ -20,26 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from guardian.shortcuts import assign_perm
 
 from apps.accounts.models import TokenScope, User
 from apps.accounts.services import token_create
 from apps.audit.models import Webhook
 from apps.audit.webhook_services import webhook_create
-from apps.registry import access
 from apps.registry.models import RegisteredModel
 from apps.registry.services import model_create
-from tests.conftest import bearer, make_user
+from tests.conftest import bearer, grant, make_user
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "INTEGRATIONS.md"
 
 
 URLS = "registry_site.urls"
-
-
-def grant(user: User, model: RegisteredModel, role: str) -> None:
-    for codename in access.ROLE_PERMISSIONS[role]:
-        assign_perm(f"registry.{codename}", user, model)
 
 
 def token_for(user: User, scope: str = TokenScope.WRITE) -> dict[str, str]:
