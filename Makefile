@@ -46,7 +46,7 @@ format: $(BIN)/.installed-dev
 	$(BIN)/ruff format .
 
 worker: $(BIN)/.installed-runtime
-	$(BIN)/celery -A registry_site worker --loglevel=INFO
+	$(BIN)/celery -A registry_site worker --loglevel=INFO -P threads -c 4
 
 beat: $(BIN)/.installed-runtime
 	$(BIN)/celery -A registry_site beat --loglevel=INFO

@@ -9,8 +9,9 @@
    as shipped (`mlflow server`, 4 uvicorn workers and the job runner) and lean
    (`--workers 1`, `MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`: the API only).
 2. Regent: gunicorn with registry_site/gunicorn.conf.py (the production config) and a real
-   Celery worker (`celery -A registry_site worker`, as in docs/OPERATIONS.md) on the bench
-   PostgreSQL database and Redis db 14, as user `bench-mlflow` with a read-write token.
+   Celery worker (`celery -A registry_site worker -P threads -c 4`, as in
+   docs/OPERATIONS.md) on the bench PostgreSQL database and Redis db 14, as user
+   `bench-mlflow` with a read-write token.
 3. On each server, the workload twice: with the stock client (`mlflow.MlflowClient` from
    the project's .venv — one requests session, HTTP keep-alive) and with a new connection
    per request (`http.client`, `Connection: close`, the same REST calls the client makes):
@@ -364,8 +365,8 @@ def start_regent_worker(env: dict[str, str]) -> Server:
     celery = str(common.VENV_BIN / "celery")
     purge = [celery, "-A", "registry_site", "purge", "-f"]
     subprocess.run(purge, cwd=common.REPO_ROOT, env=env, capture_output=True, check=False)
-    command = [celery, "-A", "registry_site", "worker", "--loglevel=INFO"]
-    command += ["-n", "bench-mlflow@%h"]
+    command = [celery, "-A", "registry_site", "worker", "--loglevel=INFO", "-P", "threads"]
+    command += ["-c", "4", "-n", "bench-mlflow@%h"]
     return launch("celery", command, env, common.REPO_ROOT)
 
 

@@ -14,7 +14,9 @@ logger = logging.getLogger(__name__)
 
 API_PREFIXES = ("/api/", "/ajax-api/")
 # Artifact uploads stream their body to storage under their own size limit.
-STREAMED_UPLOAD = re.compile(r"^/api/v1/models/[^/]+/versions/[^/]+/files/")
+STREAMED_UPLOAD = re.compile(
+    r"^/api/v1/models/[^/]+/versions/[^/]+/files/|^/(ajax-)?api/2\.0/mlflow-artifacts/artifacts/"
+)
 
 
 def is_api_path(path: str) -> bool:

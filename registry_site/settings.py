@@ -227,6 +227,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("REGENT_MAX_JSON_BODY", 1024 * 1024)
 # --- Background work ------------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or None
 CELERY_TASK_ALWAYS_EAGER = CELERY_BROKER_URL is None
+# One queue per deployment sharing a broker (and per test worker): tasks a worker publishes
+# itself, such as verification after an MLflow file copy, stay on that queue.
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_DEFAULT_QUEUE") or "celery"
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -26,6 +26,8 @@ urlpatterns = [
     path("api/docs", api_docs, name="api-docs"),
     path("api/2.0/mlflow/", include("apps.mlflow_compat.urls")),
     path("ajax-api/2.0/mlflow/", include("apps.mlflow_compat.urls")),
+    path("api/2.0/mlflow-artifacts/", include("apps.mlflow_compat.artifact_urls")),
+    path("ajax-api/2.0/mlflow-artifacts/", include("apps.mlflow_compat.artifact_urls")),
     path("admin/", admin.site.urls),
 ]
 

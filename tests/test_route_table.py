@@ -24,6 +24,7 @@ PARAM = re.compile(r"<(?:(?P<converter>\w+):)?(?P<name>\w+)>")
 # Route parameters that identify something inside a model.
 PRIVATE_PARAMS = {"name", "promotion_id", "target_id"}
 SKIPPED_PREFIXES = ("admin/", "static/")
+TRACKING_ROUTES = ("experiments/", "runs/", "metrics/", "logged-models")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ def mlflow_routes() -> list[str]:
         and "<" not in template
         # create names a new model, not an existing one: a taken name must say so.
         and not template.endswith("registered-models/create")
+        # Tracking routes name the caller's own runs, never a model (tests/mlflow_compat).
+        and not template.split("mlflow/", 1)[1].startswith(TRACKING_ROUTES)
     )
 
 

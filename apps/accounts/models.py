@@ -1,5 +1,7 @@
 """People and their API tokens."""
 
+from datetime import datetime
+
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.db import models
@@ -20,8 +22,8 @@ class TokenScope(models.TextChoices):
 
 
 class ApiTokenQuerySet(models.QuerySet):
-    def active(self) -> "ApiTokenQuerySet":
-        now = timezone.now()
+    def active(self, now: datetime | None = None) -> "ApiTokenQuerySet":
+        now = now or timezone.now()
         return self.filter(revoked_at__isnull=True).filter(
             Q(expires_at__isnull=True) | Q(expires_at__gt=now)
         )

@@ -14,6 +14,7 @@ from apps.audit.services import audit_record
 from apps.registry import access
 from apps.registry.models import RegisteredModel
 from registry_site.api_errors import ApiError, Conflict, Forbidden, NotFound
+from registry_site.prepared import Prepared, sentinel_datetime, sentinel_text
 
 MAX_TOKEN_DAYS = 3650
 # last_used_at is refreshed at most this often, so a busy pipeline does not write per request.
@@ -78,16 +79,24 @@ def token_authenticate(plaintext: str) -> ApiToken | None:
     if parts is None:
         return None
     prefix, secret = parts
-    token = (
-        ApiToken.objects.active()
-        .select_related("user")
-        .filter(prefix=prefix, user__is_active=True)
-        .first()
-    )
+    token = _ACTIVE_TOKEN.one((), prefix=prefix, now=timezone.now())
     if token is None or not digest_matches(secret, token.digest):
         return None
     _touch_last_used(token)
     return token
+
+
+# Every API request runs this: compiled once (see registry_site.prepared).
+_ACTIVE_TOKEN = Prepared(
+    lambda shape, *, prefix, now: (
+        ApiToken.objects.active(now)
+        .select_related("user")
+        .filter(prefix=prefix, user__is_active=True)
+        .order_by()[:1]
+    ),
+    prefix=sentinel_text(),
+    now=sentinel_datetime(),
+)
 
 
 def _touch_last_used(token: ApiToken) -> None:

@@ -35,14 +35,15 @@ MAX_COMMENT = 10_000
 
 
 def stages_create_defaults(model: RegisteredModel) -> list[Stage]:
-    """`staging` and `production` with their default policies (called by `model_create`)."""
-    stages = []
-    for name, position in DEFAULT_STAGES:
-        stage = Stage.objects.create(model=model, name=name, position=position)
-        StagePolicy.objects.create(
-            stage=stage, required_approvals=DEFAULT_REQUIRED_APPROVALS.get(name, 1)
-        )
-        stages.append(stage)
+    """`staging` and `production` with their default policies (called by `model_create`):
+    two INSERTs, whatever the number of stages."""
+    stages = Stage.objects.bulk_create(
+        Stage(model=model, name=name, position=position) for name, position in DEFAULT_STAGES
+    )
+    StagePolicy.objects.bulk_create(
+        StagePolicy(stage=stage, required_approvals=DEFAULT_REQUIRED_APPROVALS.get(stage.name, 1))
+        for stage in stages
+    )
     return stages
 
 

@@ -65,7 +65,7 @@ def client_ip(request: HttpRequest) -> str | None:
 
 
 def via_for_path(path: str) -> str:
-    if path.startswith("/api/2.0/mlflow/") or path.startswith("/ajax-api/"):
+    if path.startswith(("/api/2.0/mlflow/", "/api/2.0/mlflow-artifacts/", "/ajax-api/")):
         return Via.MLFLOW
     if path.startswith("/api/"):
         return Via.API

@@ -76,7 +76,10 @@ def audit_record(
     }
     if model_id is not None:
         fields["model_id"] = model_id
-    with transaction.atomic():
+    # No savepoint: callers are always inside their own transaction (which an error here
+    # must roll back anyway), and two round trips per event are saved. Outside one, this
+    # still opens a transaction, so the lock is held from the head read to the insert.
+    with transaction.atomic(savepoint=False):
         _lock_chain_head()
         # Stamped under the chain lock, so event times follow chain order.
         fields["at"] = timezone.now()

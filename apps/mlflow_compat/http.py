@@ -142,15 +142,21 @@ def _params(request: HttpRequest) -> tuple[dict[str, Any], bool]:
     return _json_body(request), False
 
 
-def _respond(handler: Handler, request: HttpRequest) -> HttpResponse:
+def _respond(handler: Handler, request: HttpRequest, path_params: dict[str, str]) -> HttpResponse:
     caller = authenticate_caller(request)
     if getattr(handler, "writes", True):
         ensure_can_write(caller)
     params, from_query = _params(request)
+    if path_params:  # ids in the URL (`logged-models/<id>`) win over the body's
+        params = {
+            **params,
+            **({k: [v] for k, v in path_params.items()} if from_query else path_params),
+        }
     return JsonResponse(handler(Call(request, caller, params, from_query)))
 
 
-def _error_response(request: HttpRequest, error: Exception) -> HttpResponse:
+def error_response(request: HttpRequest, error: Exception) -> HttpResponse:
+    """Any exception as MLflow's error body (unexpected ones are logged and answer 500)."""
     if isinstance(error, MlflowError):
         return error.response()
     if isinstance(error, ApiError):
@@ -172,7 +178,7 @@ def route(**handlers: Handler) -> Callable[..., HttpResponse]:
     allowed = ", ".join(sorted(by_method))
 
     @csrf_exempt  # Bearer/Basic only: no cookie is ever read here, so no CSRF to forge.
-    def view(request: HttpRequest) -> HttpResponse:
+    def view(request: HttpRequest, **path_params: str) -> HttpResponse:
         handler = by_method.get(request.method or "")
         if handler is None:
             message = f"{request.method} is not allowed on {request.path}; use {allowed}."
@@ -180,9 +186,9 @@ def route(**handlers: Handler) -> Callable[..., HttpResponse]:
             response["Allow"] = allowed
             return response
         try:
-            return _respond(handler, request)
+            return _respond(handler, request, path_params)
         except Exception as error:  # every failure answers in MLflow's shape
-            return _error_response(request, error)
+            return error_response(request, error)
 
     view.__name__ = "_".join(dict.fromkeys(handler.__name__ for handler in by_method.values()))
     return view

@@ -7,15 +7,17 @@ RESOURCE_DOES_NOT_EXIST; visible but not allowed is PERMISSION_DENIED.
 
 import base64
 import binascii
+import functools
 import json
 import re
 from collections.abc import Iterable
 from typing import Any
 
-from django.db.models import F, OuterRef, Prefetch, Q, QuerySet, Subquery
-from django.db.models.functions import Coalesce, Greatest
+from django.db.models import F, JSONField, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce, Greatest, JSONObject
 from django.utils import timezone
 
+from apps.accounts.models import User
 from apps.approvals.models import PromotionRequest, PromotionStatus, Stage
 from apps.mlflow_compat import filters
 from apps.mlflow_compat.errors import (
@@ -29,8 +31,9 @@ from apps.mlflow_compat.errors import (
 from apps.mlflow_compat.models import ModelAlias
 from apps.registry import access
 from apps.registry.models import ModelVersion, RegisteredModel
-from apps.registry.paths import InvalidModelName, validate_model_name
+from apps.registry.paths import InvalidModelName, model_name_key, validate_model_name
 from apps.registry.validation import MAX_VERSION_NUMBER
+from registry_site.prepared import Prepared, sentinel_int, sentinel_text
 
 # MLflow's canonical stage names for Regent's default stages; other stages keep their name.
 MLFLOW_STAGE_NAMES = {"staging": "Staging", "production": "Production"}
@@ -47,29 +50,69 @@ def mlflow_stage_name(stage_name: str) -> str:
 
 def visible_models(user: Any) -> QuerySet[RegisteredModel]:
     """The models `user` may view, minus archived ones (deleted, as far as MLflow knows)."""
-    return access.models_visible_to(user).filter(archived_at__isnull=True)
+    return RegisteredModel.objects.filter(access.viewable_q(user), archived_at__isnull=True)
 
 
-def _lookup_name(name: str) -> bool:
-    """Whether `name` could be a model name at all (NUL or 5 000 characters cannot)."""
+def _lookup_key(name: str) -> str | None:
+    """The unique `name_key` of `name`; None if it could not be a model name at all (NUL or
+    5 000 characters cannot)."""
     try:
         validate_model_name(name)
     except InvalidModelName:
-        return False
-    return True
+        return None
+    return model_name_key(name)
 
 
-def model_for(user: Any, name: str, action: str = "view") -> RegisteredModel:
-    """The live model named `name` if `user` may do `action` on it."""
+def _denied(name: str, action: str) -> MlflowError:
+    verb = _VERBS.get(action, action)
+    return MlflowError(PERMISSION_DENIED, f"You may not {verb} registered model {name}.")
+
+
+def model_for(
+    user: Any, name: str, action: str = "view", *, loaded: bool = False
+) -> RegisteredModel:
+    """The live model named `name` if `user` may do `action` on it: one prepared query (the
+    unique `name_key` index, EXISTS probes for the grants). `loaded`: with what
+    `models_loaded` needs, in the same query."""
     model = None
-    if _lookup_name(name):
-        model = visible_models(user).select_related("created_by").filter(name=name).first()
+    key = _lookup_key(name)
+    if key is not None and _active(user):
+        shape = (user.is_superuser, action, loaded)
+        model = _MODEL.one(shape, user_id=user.pk, name_key=key, name=name)
     if model is None:
         raise model_not_found()
-    if action != "view" and not access.can(user, action, model):
-        verb = _VERBS.get(action, action)
-        raise MlflowError(PERMISSION_DENIED, f"You may not {verb} registered model {name}.")
+    if not model.mlflow_allowed:
+        raise _denied(name, action)
     return model
+
+
+def _active(user: Any) -> bool:
+    return getattr(user, "is_authenticated", False) and user.is_active
+
+
+def _as_user(user_id: int, superuser: bool) -> User:
+    # Stands for the caller while a prepared query is compiled (only its id and flags count).
+    return User(pk=user_id, is_superuser=superuser, is_active=True)
+
+
+def _model_query(
+    shape: tuple, *, user_id: int, name_key: str, name: str
+) -> QuerySet[RegisteredModel]:
+    superuser, action, loaded = shape
+    user = _as_user(user_id, superuser)
+    # name_key finds the row; `name` keeps the lookup exact (no case-folded aliases).
+    queryset = (
+        visible_models(user)
+        .filter(name_key=name_key, name=name)
+        .select_related("created_by")
+        .annotate(mlflow_allowed=access.allowed_expression(user, action))
+    )
+    return (with_mlflow_fields(queryset) if loaded else queryset).order_by()[:1]
+
+
+_MODEL = Prepared(
+    _model_query, user_id=sentinel_int(), name_key=sentinel_text(), name=sentinel_text()
+)
 
 
 def version_number(value: Any) -> int | None:
@@ -83,19 +126,88 @@ def version_number(value: Any) -> int | None:
     return number if 1 <= number <= MAX_VERSION_NUMBER else None
 
 
-def version_of(model: RegisteredModel, value: Any) -> ModelVersion:
-    """Version `value` of a model already resolved for the caller."""
-    number = version_number(value)
+def version_for(
+    user: Any, name: str, value: Any, action: str = "view", *, model_stages: bool = False
+) -> ModelVersion:
+    """Version `value` of the live model `name`, if `user` may do `action` on the model: the
+    version, its model, stages and aliases in one prepared query. Errors come in the order a
+    model lookup then a version lookup would give them (404 model, 403, 400, 404 version).
+
+    `model_stages`: also `mlflow_model_stages`, every stage name of the model.
+    """
+    try:
+        number = version_number(value)
+    except MlflowError:
+        model_for(user, name, action)  # a missing or forbidden model answers first
+        raise
+    key = _lookup_key(name)
     version = None
-    if number is not None:
-        version = versions_loaded(model.versions.filter(number=number)).first()
+    if key is not None and number is not None and _active(user):
+        shape = (user.is_superuser, action, model_stages)
+        version = _VERSION.one(shape, user_id=user.pk, name_key=key, name=name, number=number)
     if version is None:
+        model = model_for(user, name, action)
         raise version_not_found(model.name, value)
-    version.model = model
+    if not version.mlflow_allowed:
+        raise _denied(name, action)
     return version
 
 
+def _version_query(
+    shape: tuple, *, user_id: int, name_key: str, name: str, number: int
+) -> QuerySet[ModelVersion]:
+    superuser, action, model_stages = shape
+    user = _as_user(user_id, superuser)
+    queryset = ModelVersion.objects.filter(
+        access.viewable_q(user, "model__"),
+        model__name_key=name_key,
+        model__name=name,
+        model__archived_at__isnull=True,
+        number=number,
+    ).annotate(mlflow_allowed=access.allowed_expression(user, action, "model__"))
+    if model_stages:
+        names = Stage.objects.filter(model=OuterRef("model")).values(v=JSONObject(name="name"))
+        queryset = queryset.annotate(mlflow_model_stages=JSONList(names))
+    return versions_loaded(queryset).order_by()[:1]
+
+
+_VERSION = Prepared(
+    _version_query,
+    user_id=sentinel_int(),
+    name_key=sentinel_text(),
+    name=sentinel_text(),
+    number=sentinel_int(),
+)
+
+
+def stage_of_model(version: ModelVersion, name: str) -> Stage | None:
+    """The stage of the version's model called `name`, ignoring case; no query when
+    `version_for(model_stages=True)` loaded the model's stage names and none matches."""
+    rows = getattr(version, "mlflow_model_stages", None)
+    if rows is not None and name.casefold() not in {row["name"].casefold() for row in rows}:
+        return None
+    return stage_named(version.model, name)
+
+
 # --- Loading what a response shows --------------------------------------------------------------
+
+
+class JSONList(Subquery):
+    """The rows of a correlated subquery selecting one JSON object per row (`.values(v=...)`)
+    as a JSON list, inside the outer query: a version's stages and aliases come with the
+    version instead of in two more queries. PostgreSQL and SQLite. Order is not kept."""
+
+    template = "(SELECT COALESCE(JSONB_AGG(_rows.v), '[]'::jsonb) FROM (%(subquery)s) _rows)"
+
+    def __init__(self, queryset: QuerySet, **extra: Any) -> None:
+        # Unordered: a model's default ordering would add a join and a sort per row.
+        super().__init__(queryset.order_by(), output_field=JSONField(), **extra)
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        template = (
+            "(SELECT COALESCE(JSON_GROUP_ARRAY(JSON(_rows.v)), '[]') FROM (%(subquery)s) _rows)"
+        )
+        return self.as_sql(compiler, connection, template=template, **extra)
 
 
 def with_last_updated(queryset: QuerySet[ModelVersion]) -> QuerySet[ModelVersion]:
@@ -110,57 +222,115 @@ def with_last_updated(queryset: QuerySet[ModelVersion]) -> QuerySet[ModelVersion
 
 
 def versions_loaded(queryset: QuerySet[ModelVersion]) -> QuerySet[ModelVersion]:
-    """Versions with their model, creator, held stages and aliases (three queries)."""
+    """Versions with their model, creator, held stages and aliases: one query."""
+    held = Stage.objects.filter(current_version=OuterRef("pk")).values(
+        v=JSONObject(name="name", position="position")
+    )
+    aliases = ModelAlias.objects.filter(version=OuterRef("pk")).values(v=JSONObject(alias="alias"))
     return (
         with_last_updated(queryset)
-        .select_related("model", "created_by")
-        .prefetch_related(
-            Prefetch("held_stages", queryset=Stage.objects.order_by("-position", "name")),
-            Prefetch("mlflow_aliases", queryset=ModelAlias.objects.order_by("alias")),
+        .select_related("model")
+        .annotate(
+            mlflow_held=JSONList(held),
+            mlflow_aliases_loaded=JSONList(aliases),
+            # Only the creator's name is shown: not the whole user row (password hash included).
+            mlflow_user_name=F("created_by__username"),
         )
     )
 
 
+def held_stage_names(version: ModelVersion) -> list[str]:
+    """The names of the stages `version` holds, most advanced first."""
+    rows = getattr(version, "mlflow_held", None)
+    if rows is None:  # not from `versions_loaded`
+        rows = version.held_stages.order_by().values("name", "position")
+    return [row["name"] for row in sorted(rows, key=lambda row: (-row["position"], row["name"]))]
+
+
+def alias_names(version: ModelVersion) -> list[str]:
+    """The free aliases pointing at `version`, sorted."""
+    rows = getattr(version, "mlflow_aliases_loaded", None)
+    if rows is None:  # not from `versions_loaded`
+        rows = version.mlflow_aliases.order_by().values("alias")
+    return sorted(row["alias"] for row in rows)
+
+
 def version_reloaded(version: ModelVersion) -> ModelVersion:
-    return versions_loaded(ModelVersion.objects.filter(pk=version.pk)).get()
+    return versions_by_id([version.pk])[version.pk]
+
+
+def versions_by_id(ids: Iterable[int]) -> dict[int, ModelVersion]:
+    """{id: version} loaded for a response: one prepared query per number of ids (a few)."""
+    ids = sorted(set(ids))
+    if not ids:
+        return {}
+    if len(ids) > MAX_PREPARED_IDS:
+        found = versions_loaded(ModelVersion.objects.filter(pk__in=ids))
+    else:
+        found = _versions_by_id(len(ids)).all((), **{f"pk{i}": pk for i, pk in enumerate(ids)})
+    return {version.pk: version for version in found}
+
+
+MAX_PREPARED_IDS = 8  # a model's newest unstaged version and its stages' holders fit
+
+
+@functools.cache
+def _versions_by_id(count: int) -> Prepared:
+    def build(shape: tuple, **ids: int) -> QuerySet[ModelVersion]:
+        return versions_loaded(ModelVersion.objects.filter(pk__in=list(ids.values()))).order_by()
+
+    return Prepared(build, **{f"pk{i}": sentinel_int() for i in range(count)})
+
+
+def with_mlflow_fields(queryset: QuerySet[RegisteredModel]) -> QuerySet[RegisteredModel]:
+    """Models with their stages, free aliases and newest unstaged version id, in the query."""
+    stages = Stage.objects.filter(model=OuterRef("pk")).values(
+        v=JSONObject(name="name", position="position", holder="current_version_id")
+    )
+    aliases = ModelAlias.objects.filter(model=OuterRef("pk")).values(
+        v=JSONObject(alias="alias", number="version__number")
+    )
+    newest = ModelVersion.objects.filter(model=OuterRef("pk"), held_stages__isnull=True)
+    return queryset.annotate(
+        mlflow_stage_rows=JSONList(stages),
+        mlflow_free_aliases=JSONList(aliases),
+        mlflow_unstaged=Subquery(newest.order_by("-number").values("pk")[:1]),
+    )
 
 
 def models_loaded(models: Iterable[RegisteredModel]) -> list[RegisteredModel]:
     """Attach `mlflow_latest` (one version per stage) and `mlflow_alias_pairs` to each model.
 
-    About six queries for any number of models.
+    One query for the versions (none if there are none), plus one for models that do not
+    come from `with_mlflow_fields`.
     """
     models = list(models)
-    ids = [model.pk for model in models]
-    stages = list(Stage.objects.filter(model_id__in=ids).order_by("model_id", "position", "name"))
-    unstaged = dict(_latest_unstaged(ids))
-    wanted = {stage.current_version_id for stage in stages if stage.current_version_id}
-    wanted |= {pk for pk in unstaged.values() if pk}
-    versions = {v.pk: v for v in versions_loaded(ModelVersion.objects.filter(pk__in=wanted))}
-    pairs = ModelAlias.objects.filter(model_id__in=ids).values_list(
-        "model_id", "alias", "version__number"
-    )
+    _load_fields([model for model in models if not hasattr(model, "mlflow_stage_rows")])
+    wanted = {model.mlflow_unstaged for model in models if model.mlflow_unstaged}
+    wanted |= {
+        row["holder"] for model in models for row in model.mlflow_stage_rows if row["holder"]
+    }
+    versions = versions_by_id(wanted)
     for model in models:
-        held = [stage for stage in stages if stage.model_id == model.pk]
-        latest = [versions[unstaged[model.pk]]] if unstaged.get(model.pk) else []
-        latest += [versions[stage.current_version_id] for stage in held if stage.current_version_id]
-        model.mlflow_latest = list({version.pk: version for version in latest}.values())
-        aliases = [(alias, number) for owner, alias, number in pairs if owner == model.pk]
-        aliases += [
-            (stage.name, versions[stage.current_version_id].number)
-            for stage in held
-            if stage.current_version_id
-        ]
+        held = sorted(model.mlflow_stage_rows, key=lambda row: (row["position"], row["name"]))
+        holders = [versions[row["holder"]] for row in held if row["holder"]]
+        latest = [versions[model.mlflow_unstaged]] if model.mlflow_unstaged else []
+        model.mlflow_latest = list({version.pk: version for version in latest + holders}.values())
+        aliases = [(row["alias"], row["number"]) for row in model.mlflow_free_aliases]
+        aliases += [(row["name"], versions[row["holder"]].number) for row in held if row["holder"]]
         model.mlflow_alias_pairs = sorted(aliases)
     return models
 
 
-def _latest_unstaged(ids: list[int]) -> QuerySet:
-    """(model id, id of its newest version holding no stage) — MLflow's stage "None"."""
-    newest = ModelVersion.objects.filter(model=OuterRef("pk"), held_stages__isnull=True)
-    return RegisteredModel.objects.filter(pk__in=ids).values_list(
-        "pk", Subquery(newest.order_by("-number").values("pk")[:1])
-    )
+def _load_fields(models: list[RegisteredModel]) -> None:
+    if not models:
+        return
+    fields = ("mlflow_stage_rows", "mlflow_free_aliases", "mlflow_unstaged")
+    queryset = with_mlflow_fields(RegisteredModel.objects.filter(pk__in=[m.pk for m in models]))
+    rows = {row["pk"]: row for row in queryset.values("pk", *fields)}
+    for model in models:
+        for field in fields:
+            setattr(model, field, rows[model.pk][field])
 
 
 # --- Search -------------------------------------------------------------------------------------
@@ -193,24 +363,27 @@ def _page(queryset: QuerySet, limit: int, page_token: str | None) -> tuple[list,
 def search_models(
     user: Any, *, filter_string: str | None, limit: int, order_by: list[str], page_token: str | None
 ) -> tuple[list[RegisteredModel], str | None]:
-    """A page of the live models `user` may view that match the filter."""
+    """A page of the live models `user` may view that match the filter (two queries)."""
     queryset = (
         visible_models(user)
         .filter(filters.filter_q(filter_string, filters.MODELS))
         .select_related("created_by")
         .order_by(*filters.order_by_fields(order_by, filters.MODELS))
     )
-    models, token = _page(queryset, limit, page_token)
+    models, token = _page(with_mlflow_fields(queryset), limit, page_token)
     return models_loaded(models), token
 
 
 def search_versions(
     user: Any, *, filter_string: str | None, limit: int, order_by: list[str], page_token: str | None
 ) -> tuple[list[ModelVersion], str | None]:
-    """A page of the versions of live models `user` may view that match the filter."""
+    """A page of the versions of live models `user` may view that match the filter (one
+    query)."""
     condition = filters.filter_q(filter_string, filters.VERSIONS)
     queryset = versions_loaded(
-        ModelVersion.objects.filter(model__in=visible_models(user)).filter(condition)
+        ModelVersion.objects.filter(
+            access.viewable_q(user, "model__"), condition, model__archived_at__isnull=True
+        )
     ).order_by(*filters.order_by_fields(order_by, filters.VERSIONS))
     return _page(queryset, limit, page_token)
 
@@ -237,12 +410,13 @@ def latest_versions(model: RegisteredModel, stages: list[str]) -> list[ModelVers
     loaded = models_loaded([model])[0]
     by_stage: dict[str, list[ModelVersion]] = {}
     for version in loaded.mlflow_latest:
-        held = [stage.name.casefold() for stage in version.held_stages.all()]
+        held = [name.casefold() for name in held_stage_names(version)]
         for key in held or [NO_STAGE.casefold()]:
             by_stage.setdefault(key, []).append(version)
     if not stages:
         return loaded.mlflow_latest
-    known = {stage.name.casefold(): stage.name for stage in Stage.objects.filter(model=model)}
+    rows = sorted(loaded.mlflow_stage_rows, key=lambda row: (row["position"], row["name"]))
+    known = {row["name"].casefold(): row["name"] for row in rows}
     found: dict[int, ModelVersion] = {}
     for name in stages:
         key = name.casefold() if isinstance(name, str) else ""

@@ -8,9 +8,13 @@ unset left out (no run_id → no `run_id` key). Objects come from `selectors` al
 from datetime import UTC, datetime
 from typing import Any
 
-from django.conf import settings
-
-from apps.mlflow_compat.selectors import NO_STAGE, mlflow_stage_name
+from apps.mlflow_compat import registry_files
+from apps.mlflow_compat.selectors import (
+    NO_STAGE,
+    alias_names,
+    held_stage_names,
+    mlflow_stage_name,
+)
 from apps.registry.models import ModelVersion, RegisteredModel, VersionStatus
 
 MLFLOW_STATUS = {
@@ -36,17 +40,26 @@ def _status_message(version: ModelVersion) -> str:
     if version.status == VersionStatus.FAILED:
         return version.status_reason
     if version.status == VersionStatus.PENDING:
-        return "Waiting for files to be uploaded to Regent and the version sealed."
+        # A version registered from an MLflow run says that its files are being copied in.
+        return version.status_reason or (
+            "Waiting for files to be uploaded to Regent and the version sealed."
+        )
     if version.status == VersionStatus.VERIFYING:
         done, total = version.bytes_verified, version.bytes_total
         return f"Regent is verifying the files: {done} of {total} bytes."
     return ""
 
 
+def _creator_name(version: ModelVersion) -> str | None:
+    if hasattr(version, "mlflow_user_name"):  # from `selectors.versions_loaded`
+        return version.mlflow_user_name
+    return version.created_by.get_username() if version.created_by is not None else None
+
+
 def version_json(version: ModelVersion) -> dict[str, Any]:
     """A ModelVersion message; `version` comes from `selectors.versions_loaded`."""
-    held = [stage.name for stage in version.held_stages.all()]  # most advanced first
-    aliases = sorted([alias.alias for alias in version.mlflow_aliases.all()] + held)
+    held = held_stage_names(version)  # most advanced first
+    aliases = sorted(alias_names(version) + held)
     last_updated = getattr(version, "last_updated", None) or version.created_at
     body: dict[str, Any] = {
         "name": version.model.name,
@@ -54,8 +67,8 @@ def version_json(version: ModelVersion) -> dict[str, Any]:
         "creation_timestamp": timestamp_ms(version.created_at),
         "last_updated_timestamp": timestamp_ms(last_updated),
     }
-    if version.created_by is not None:
-        body["user_id"] = version.created_by.get_username()
+    if (user_name := _creator_name(version)) is not None:
+        body["user_id"] = user_name
     body["current_stage"] = mlflow_stage_name(held[0]) if held else NO_STAGE
     body["description"] = version.description
     if version.source.get("uri"):
@@ -95,10 +108,8 @@ def model_json(model: RegisteredModel) -> dict[str, Any]:
 
 
 def download_uri(version: ModelVersion) -> str:
-    """Where the files are: Regent's files endpoint, or the source for external versions."""
+    """Where the files are: Regent's URL for them (one MLflow's loaders can list and download
+    from), or the source for external versions."""
     if version.external_artifacts:
         return version.source.get("uri", "")
-    return (
-        f"{settings.REGENT_BASE_URL}/api/v1/models/{version.model.name}"
-        f"/versions/{version.number}/files/"
-    )
+    return registry_files.download_uri(version)

@@ -156,6 +156,8 @@ def alias_set(
     RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()
     row = ModelAlias.objects.filter(model=model, alias=alias).select_related("version").first()
     before = row.version.number if row else None
+    if row is not None:
+        row.model = model  # the audit label names it: no query to load it again
     if row is None:
         row = ModelAlias.objects.create(model=model, alias=alias, version=version)
     elif row.version_id != version.pk:

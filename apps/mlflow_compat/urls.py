@@ -6,7 +6,7 @@ module is included under both prefixes.
 
 from django.urls import path, re_path
 
-from apps.mlflow_compat import views
+from apps.mlflow_compat import tracking_views, views
 from apps.mlflow_compat.http import endpoint_not_found, route
 
 MODELS = "registered-models/"
@@ -38,6 +38,37 @@ urlpatterns = [
     path(f"{VERSIONS}delete-tag", route(delete=views.version_delete_tag)),
     path(f"{VERSIONS}get-download-uri", route(get=views.version_download_uri)),
     path(f"{VERSIONS}transition-stage", route(post=views.version_transition_stage)),
+    # Tracking, for `log_model` against Regent (tracking_views.py; private to the caller).
+    path("experiments/create", route(post=tracking_views.experiment_create)),
+    path("experiments/get", route(get=tracking_views.experiment_get)),
+    path("experiments/get-by-name", route(get=tracking_views.experiment_get_by_name)),
+    path(
+        "experiments/search",
+        route(get=tracking_views.experiment_search, post=tracking_views.experiment_search),
+    ),
+    path("runs/create", route(post=tracking_views.run_create)),
+    path("runs/get", route(get=tracking_views.run_get)),
+    path("runs/update", route(post=tracking_views.run_update)),
+    path("runs/log-batch", route(post=tracking_views.run_log_batch)),
+    path("runs/log-metric", route(post=tracking_views.run_log_metric)),
+    path("runs/log-parameter", route(post=tracking_views.run_log_param)),
+    path("runs/set-tag", route(post=tracking_views.run_set_tag)),
+    path("runs/delete-tag", route(post=tracking_views.run_delete_tag)),
+    path("runs/log-inputs", route(post=tracking_views.run_accept_links)),
+    path("runs/outputs", route(post=tracking_views.run_accept_links)),
+    path("runs/search", route(post=tracking_views.run_search)),
+    path("metrics/get-history", route(get=tracking_views.metric_history)),
+    path("logged-models", route(post=tracking_views.logged_model_create)),
+    path("logged-models/search", route(post=tracking_views.logged_model_search)),
+    path(
+        "logged-models/<str:model_id>",
+        route(get=tracking_views.logged_model_get, patch=tracking_views.logged_model_finalize),
+    ),
+    path("logged-models/<str:model_id>/tags", route(patch=tracking_views.logged_model_set_tags)),
+    path(
+        "logged-models/<str:model_id>/tags/<str:tag_key>",
+        route(delete=tracking_views.logged_model_delete_tag),
+    ),
     # Anything else under the prefix: MLflow's ENDPOINT_NOT_FOUND, in MLflow's JSON shape.
     re_path(r"^.*$", endpoint_not_found),
 ]

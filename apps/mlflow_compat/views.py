@@ -11,7 +11,7 @@ from django.conf import settings
 from django.urls import reverse
 
 from apps.approvals.models import PromotionRequest, Stage
-from apps.mlflow_compat import selectors, services
+from apps.mlflow_compat import selectors, services, staging
 from apps.mlflow_compat.errors import PERMISSION_DENIED, MlflowError, invalid
 from apps.mlflow_compat.http import Call, reads, writes
 from apps.mlflow_compat.serializers import download_uri, model_json, version_json
@@ -28,13 +28,14 @@ RENAME_REFUSED = (
 VERSION_DELETE_REFUSED = "Regent keeps every version; archive the model instead."
 
 
-def _model(call: Call, action: str = "view") -> RegisteredModel:
-    return selectors.model_for(call.user, call.text("name", required=True), action)
+def _model(call: Call, action: str = "view", *, loaded: bool = False) -> RegisteredModel:
+    return selectors.model_for(call.user, call.text("name", required=True), action, loaded=loaded)
 
 
-def _version(call: Call, action: str = "view") -> ModelVersion:
-    model = _model(call, action)
-    return selectors.version_of(model, call.value("version", required=True))
+def _version(call: Call, action: str = "view", *, model_stages: bool = False) -> ModelVersion:
+    name = call.text("name", required=True)
+    version = call.value("version", required=True)
+    return selectors.version_for(call.user, name, version, action, model_stages=model_stages)
 
 
 def _model_body(model: RegisteredModel) -> dict[str, Any]:
@@ -77,12 +78,14 @@ def registered_model_create(call: Call) -> dict[str, Any]:
         description=call.text("description") or "",
         tags=call.tags(),
     )
+    # A model just created holds no versions and no aliases: nothing more to load.
+    model.mlflow_stage_rows, model.mlflow_free_aliases, model.mlflow_unstaged = [], [], None
     return _model_body(model)
 
 
 @reads
 def registered_model_get(call: Call) -> dict[str, Any]:
-    return _model_body(_model(call))
+    return _model_body(_model(call, loaded=True))
 
 
 @reads
@@ -143,9 +146,9 @@ def registered_model_delete_tag(call: Call) -> dict[str, Any]:
 
 @writes
 def alias_set(call: Call) -> dict[str, Any]:
-    version = _version(call, "edit")
+    version = _version(call, "edit", model_stages=True)
     alias = services.check_alias(call.text("alias", required=True))
-    stage = selectors.stage_named(version.model, alias)
+    stage = selectors.stage_of_model(version, alias)
     if stage is not None:
         _move_to_stage(call, version, stage, f"alias {alias}")
         return {}
@@ -186,15 +189,23 @@ def latest_versions(call: Call) -> dict[str, Any]:
 
 @writes
 def version_create(call: Call) -> dict[str, Any]:
+    """Files logged to Regent (`models:/m-…`, `runs:/…`) are copied in and verified; any
+    other source is kept as lineage metadata and the version is ready at once."""
     model = _model(call, "edit")
-    version = services.version_register(
-        actor=call.user,
-        model=model,
-        source=check_source(call.text("source", required=True)),
-        run_id=call.text("run_id"),
-        description=call.text("description") or "",
-        tags=call.tags(),
-    )
+    source = check_source(call.text("source", required=True))
+    fields = {
+        "actor": call.user,
+        "model": model,
+        "source": source,
+        "run_id": call.text("run_id"),
+        "description": call.text("description") or "",
+        "tags": services.check_no_prompt(call.tags()),
+    }
+    location = staging.staged_source(call.user, source)
+    if location is not None:
+        version = staging.version_register_staged(location=location, **fields)
+    else:
+        version = services.version_register(**fields)
     return _version_body(version)
 
 

@@ -15,11 +15,21 @@ from django.contrib.auth.models import Group, Permission
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import PermissionDenied
 from django.db import models
-from django.db.models import BooleanField, Count, Exists, OuterRef, Q, QuerySet, Value
+from django.db.models import (
+    BooleanField,
+    Count,
+    Exists,
+    ExpressionWrapper,
+    OuterRef,
+    Q,
+    QuerySet,
+    Value,
+)
+from django.db.models.signals import post_migrate
 from django.http import Http404
 from guardian.conf import settings as guardian_settings
 from guardian.core import ObjectPermissionChecker
-from guardian.shortcuts import assign_perm, get_objects_for_user
+from guardian.shortcuts import get_objects_for_user
 
 from apps.registry.models import (
     ModelVersion,
@@ -78,17 +88,40 @@ def can(user: Any, action: str, model: RegisteredModel) -> bool:
     return action in model_permissions(user, model)
 
 
-def _viewable_row(user: Any) -> Q:
-    """One model row is viewable: a per-row EXISTS on guardian's unique indexes, cheaper for a
-    single lookup than the list's IN over every grant the user holds."""
+def held_q(user: Any, codename: str, ref: str = "pk") -> Q:
+    """`user` holds `codename` on the model at `ref` (an outer column), directly or through a
+    team: EXISTS on guardian's direct tables, one probe of their unique indexes each. The same
+    grants `ObjectPermissionChecker` reads, without loading them. Permission ids instead of
+    a join on codenames keep the SQL small (PostgreSQL plans it on every request)."""
+    grant = {"permission_id": _permission_ids()[codename], "content_object": OuterRef(ref)}
+    teams = get_user_model().groups.through.objects.filter(user=user).values("group_id")
+    users = RegisteredModelUserObjectPermission.objects.filter(user=user, **grant)
+    groups = RegisteredModelGroupObjectPermission.objects.filter(group_id__in=teams, **grant)
+    return Q(Exists(users.order_by())) | Q(Exists(groups.order_by()))
+
+
+def viewable_q(user: Any, prefix: str = "") -> Q:
+    """The model (at `prefix`, e.g. "model__" from a version) is viewable by `user`: the
+    condition `models_visible_to` applies, as a per-row EXISTS (cheaper for one row, or a
+    page, than an IN over every grant the user holds)."""
+    if not getattr(user, "is_authenticated", False) or not user.is_active:
+        return Q(pk__in=[])
     if user.is_superuser:
         return Q()
-    grant = {"permission__codename": VIEW, "content_object": OuterRef("pk")}
-    return (
-        Q(visibility=Visibility.INTERNAL)
-        | Q(Exists(RegisteredModelUserObjectPermission.objects.filter(user=user, **grant)))
-        | Q(Exists(RegisteredModelGroupObjectPermission.objects.filter(group__user=user, **grant)))
-    )
+    return Q(**{f"{prefix}visibility": Visibility.INTERNAL}) | held_q(user, VIEW, _ref(prefix))
+
+
+def allowed_expression(user: Any, action: str, prefix: str = "") -> ExpressionWrapper:
+    """A boolean column: whether `user` may do `action` on the model (at `prefix`), for a row
+    already known to be viewable; the same answer as `can`, in the same query as the row."""
+    if user.is_superuser or action == "view":
+        return ExpressionWrapper(Value(True), output_field=BooleanField())
+    return ExpressionWrapper(held_q(user, ACTION_PERMISSION[action], _ref(prefix)), BooleanField())
+
+
+def _ref(prefix: str) -> str:
+    # "model__" (a version's model) → the foreign key column itself: no join for the EXISTS.
+    return prefix.removesuffix("__") or "pk"
 
 
 def access_model(user: Any, name: str, action: str = "view") -> RegisteredModel:
@@ -100,9 +133,7 @@ def access_model(user: Any, name: str, action: str = "view") -> RegisteredModel:
     except ValueError:
         raise Http404("Not found.") from None
     # name_key is uniquely indexed; `name` keeps the lookup exact (no case-folded aliases).
-    model = (
-        RegisteredModel.objects.filter(name_key=key, name=name).filter(_viewable_row(user)).first()
-    )
+    model = RegisteredModel.objects.filter(name_key=key, name=name).filter(viewable_q(user)).first()
     if model is None:
         raise Http404("Not found.")
     if action != "view" and not can(user, action, model):
@@ -125,9 +156,42 @@ def access_version(user: Any, name: str, number: int | str, action: str = "view"
 
 
 def grant_creator_ownership(user: Any, model: RegisteredModel) -> None:
-    """The creator of a model becomes its owner (called by `model_create`)."""
-    for codename in ROLE_PERMISSIONS["owner"]:
-        assign_perm(f"registry.{codename}", user, model)
+    """The creator of a model becomes its owner (called by `model_create`): one INSERT of
+    guardian's direct rows; a grant already there is left alone."""
+    RegisteredModelUserObjectPermission.objects.bulk_create(
+        [
+            RegisteredModelUserObjectPermission(
+                user=user, content_object=model, permission_id=permission_id
+            )
+            for permission_id in _owner_permission_ids()
+        ],
+        ignore_conflicts=True,
+    )
+
+
+# Permission rows never change while the site runs; a migrate or a test flush recreates them
+# (new ids), and both send post_migrate, which empties this cache.
+_permission_id_cache: dict[str, int] = {}
+
+
+def _permission_ids() -> dict[str, int]:
+    """{codename: id} of the role permissions on models (one query, then cached)."""
+    if len(_permission_id_cache) < len(ROLE_CODENAMES):
+        found = _role_permissions(ROLE_CODENAMES)
+        _permission_id_cache.update({codename: perm.pk for codename, perm in found.items()})
+    return _permission_id_cache
+
+
+def _owner_permission_ids() -> list[int]:
+    ids = _permission_ids()
+    return [ids[codename] for codename in ROLE_PERMISSIONS["owner"]]
+
+
+def _forget_permission_ids(**kwargs: Any) -> None:
+    _permission_id_cache.clear()
+
+
+post_migrate.connect(_forget_permission_ids, dispatch_uid="registry.access.permission_ids")
 
 
 # --- Roles: reading and writing grants -------------------------------------------------------

@@ -60,7 +60,7 @@ def _version(request: HttpRequest, name: str, number: int, action: str) -> Model
     return access.access_version(request.auth, name, number, action)
 
 
-def _body(request: HttpRequest) -> tuple[IO[bytes] | Any, int | None]:
+def upload_stream(request: HttpRequest) -> tuple[IO[bytes] | Any, int | None]:
     """The request body as a stream, with its declared length (None when chunked)."""
     declared = request.META.get("CONTENT_LENGTH")
     if declared:
@@ -83,7 +83,7 @@ def _body(request: HttpRequest) -> tuple[IO[bytes] | Any, int | None]:
 )
 def file_upload(request: HttpRequest, name: str, v: int, path: str) -> Status:
     version = _version(request, name, v, "edit")
-    stream, length = _body(request)
+    stream, length = upload_stream(request)
     artifact = artifact_upload(
         actor=request.auth,
         version=version,

@@ -119,7 +119,7 @@ def artifact_path_key(path: str) -> str:
     return unicodedata.normalize("NFC", path).casefold()
 
 
-class _MeteredBody(io.RawIOBase):
+class MeteredBody(io.RawIOBase):
     """Reads an upload body: hashes, counts, keeps the head, enforces limit and length."""
 
     def __init__(self, stream: Any, *, limit: int, expected: int | None) -> None:
@@ -171,7 +171,7 @@ def artifact_upload(
         raise ArtifactTooLarge(limit)
     _ensure_accepting(version, path)  # fail before reading a byte when we already know
     key = new_storage_key(version)
-    body = _MeteredBody(stream, limit=limit, expected=content_length)
+    body = MeteredBody(stream, limit=limit, expected=content_length)
     try:
         save_stream(key, body)
         kind = _detect(path, key, bytes(body.head), body.size)
@@ -242,7 +242,7 @@ def _artifact_record(
     version: ModelVersion,
     path: str,
     key: str,
-    body: _MeteredBody,
+    body: MeteredBody,
     claim: str,
     kind: dict[str, Any],
 ) -> Artifact:

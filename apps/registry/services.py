@@ -63,10 +63,10 @@ def model_create(
         "visibility": check_visibility(visibility),
     }
     name_key = model_name_key(name)
-    if RegisteredModel.objects.filter(name_key=name_key).exists():
-        raise _name_taken(name)
     try:
-        with transaction.atomic():  # a savepoint: the race loser gets a 409, not a 500
+        # The unique name_key decides (no look-before-insert: one query fewer, and a race
+        # has the same answer); a savepoint, so the loser gets a 409, not a 500.
+        with transaction.atomic():
             model = RegisteredModel.objects.create(
                 name=name, name_key=name_key, created_by=actor, **fields
             )

@@ -285,7 +285,8 @@ def start_celery_worker(
         process = subprocess.Popen(
             command,
             cwd=REPO_ROOT,
-            env=worker_environment(extra_env),
+            # What the worker publishes itself (verify after a copy) stays on its queue.
+            env=worker_environment({"CELERY_DEFAULT_QUEUE": queue, **(extra_env or {})}),
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,

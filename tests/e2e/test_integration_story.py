@@ -16,11 +16,9 @@ Personas: bob, an ML engineer, registers "churn" through MLflow (so he owns it),
 and frank production approvers and registers the deploy hook; erin approves through the REST
 API, frank on the web (the service, via="web").
 
-MLflow's API carries no bytes: a version created through it keeps its files at `source` and
-is `READY` at once, unverified (docs/MLFLOW.md), and the manifest refuses such a version
-(409). For a version that waits for verification, the script sends its files to Regent's
-REST API (create the version, PUT each file, seal): those three calls are the one
-Regent-specific part; everything else goes through the MLflow client.
+The training script points MLFLOW_TRACKING_URI at Regent: the run, its params and metrics
+and `log_artifacts`' files go to Regent's tracking staging area, and `register_model` makes a
+version that waits while the worker copies those files in and verifies them.
 """
 
 import hashlib
@@ -34,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pytest
 import requests
 from django.test import Client
@@ -48,6 +47,7 @@ from apps.approvals.selectors import inbox
 from apps.approvals.services import approver_set, promotion_approve
 from apps.audit import tasks as audit_tasks
 from apps.audit.context import Via
+from apps.mlflow_compat import tasks as mlflow_tasks
 from apps.registry import tasks as registry_tasks
 from apps.registry.models import ModelVersion, RegisteredModel, VersionStatus
 from tests.conftest import make_user
@@ -58,7 +58,6 @@ from tests.webhooks.conftest import docs_block
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 MODEL = "churn"
-RUN_ID = "5f2c1d0e9b8a"
 # An MLflow model directory, as `mlflow.sklearn.save_model` writes it.
 FILES = {
     "MLmodel": b"artifact_path: model\nflavors:\n  sklearn:\n    pickled_model: model.pkl\n",
@@ -68,6 +67,7 @@ FILES = {
 PENDING = "PENDING_REGISTRATION"
 # Tasks the code under test publishes with `.delay`: each goes to the test worker's queue.
 DELAYED_TASKS = (
+    mlflow_tasks.import_staged_files_task,
     registry_tasks.version_verify_task,
     approval_tasks.notify_approvers_task,
     approval_tasks.notify_decision_task,
@@ -262,7 +262,7 @@ def plaintext_token(user: Any, scope: str, name: str) -> str:
 
 
 def test_mlflow_registration_to_a_verified_deploy(
-    live_server, worker, mlflow_env, deploy_hook_factory, monkeypatch
+    live_server, worker, mlflow_env, deploy_hook_factory, monkeypatch, tmp_path
 ):
     base = live_server.url
     bob, erin, frank = (make_user(name) for name in ("bob", "erin", "frank"))
@@ -270,40 +270,29 @@ def test_mlflow_registration_to_a_verified_deploy(
     bob_read = plaintext_token(bob, TokenScope.READ, "deploy-hook")
     erin_write = plaintext_token(erin, TokenScope.WRITE, "reviews")
 
-    # 1. The training script: MLflow's own client, pointed at Regent by a URI and a token.
+    # 1. The training script: MLflow's own API, pointed at Regent by a URI and a token. It
+    # logs a run with the model's files, then registers the version from the run.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", base)  # the registry URI follows it
     monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", bob_write)
-    client = MlflowClient(registry_uri=base, tracking_uri=base)
+    client = MlflowClient()
     registered = client.create_registered_model(
         MODEL, tags={"team": "growth"}, description="Monthly churn risk."
     )
     assert (registered.name, registered.tags) == (MODEL, {"team": "growth"})
-
-    # The one Regent-specific part: MLflow's API carries no bytes, so the files go to
-    # Regent's REST API (same token): create the version, PUT each file, seal.
-    created = rest(
-        base,
-        "POST",
-        f"/models/{MODEL}/versions",
-        bob_write,
-        json={"description": "GBT, Q3 data.", "source": {"run_id": RUN_ID}},
-    )
-    assert created.status_code == 201, created.text
-    number = str(created.json()["version"])
-    waiting = client.get_model_version(MODEL, number)
-    assert (waiting.status, waiting.run_id, waiting.user_id) == (PENDING, RUN_ID, "bob")
-    assert "Waiting for files" in waiting.status_message
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
     for path, data in FILES.items():
-        uploaded = rest(
-            base,
-            "PUT",
-            f"/models/{MODEL}/versions/{number}/files/{path}",
-            bob_write,
-            data=data,
-            headers={"Content-Type": "application/octet-stream", "X-Content-SHA256": sha256(data)},
+        (model_dir / path).write_bytes(data)
+    with mlflow.start_run(run_name="churn-gbt") as run:
+        mlflow.log_params({"n_estimators": 300, "max_depth": 6})
+        mlflow.log_metric("auc", 0.91)
+        mlflow.log_artifacts(str(model_dir), artifact_path="model")
+        result = mlflow.register_model(
+            f"runs:/{run.info.run_id}/model", MODEL, await_registration_for=0
         )
-        assert uploaded.status_code == 201, uploaded.text
-    sealed = rest(base, "POST", f"/models/{MODEL}/versions/{number}/seal", bob_write)
-    assert sealed.status_code == 202, sealed.text
+    number = result.version
+    assert (result.status, result.run_id, result.user_id) == (PENDING, run.info.run_id, "bob")
+    assert "Copying 3 files" in result.status_message
 
     # The version waits for verification, which the worker does; the script waits the way
     # MLflow's client does after create_model_version: get_model_version until not pending.
@@ -318,9 +307,17 @@ def test_mlflow_registration_to_a_verified_deploy(
     assert ready.status == "READY", ready.status_message
     version = ModelVersion.objects.get(model__name=MODEL, number=int(number))
     assert version.status == VersionStatus.READY and not version.external_artifacts
+    assert "import_staged_files_task" in worker.log()
     assert "version_verify_task" in worker.log()
+    assert (version.metrics, version.params) == (
+        {"auc": 0.91},
+        {"n_estimators": "300", "max_depth": "6"},
+    )
+    assert {artifact.path: artifact.sha256 for artifact in version.files.all()} == {
+        path: sha256(data) for path, data in FILES.items()
+    }
     assert client.get_model_version_download_uri(MODEL, number) == (
-        f"{base}/api/v1/models/{MODEL}/versions/{number}/files/"
+        f"{base}/api/2.0/mlflow-artifacts/artifacts/registry/{MODEL}/{number}"
     )
 
     # 2. bob owns what he registered: he names the approvers and registers the deploy hook.

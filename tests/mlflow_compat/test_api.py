@@ -128,7 +128,7 @@ def test_versions_with_regent_files_report_their_verification(ml_model, as_viewe
     uri = as_viewer.get(
         "/model-versions/get-download-uri", {"name": "fraud-detector", "version": "1"}
     )
-    expected = "http://testserver/api/v1/models/fraud-detector/versions/1/files/"
+    expected = "http://testserver/api/2.0/mlflow-artifacts/artifacts/registry/fraud-detector/1"
     assert uri.json() == {"artifact_uri": expected}
 
 

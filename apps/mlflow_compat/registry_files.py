@@ -1,0 +1,68 @@
+"""A registered version's files through MLflow's artifact routes, so MLflow's loaders work.
+
+`get-download-uri` answers `<Regent>/api/2.0/mlflow-artifacts/artifacts/registry/<name>/
+<version>`, a URL MLflow's HTTP artifact repository knows how to list and download from; so
+`mlflow.<flavor>.load_model("models:/fraud/3")` and `models:/fraud@champion` fetch the files
+from Regent. Access is the model's view permission (hidden is the same 404 as missing);
+files are served only once the version is verified, and re-hashed while they stream, exactly
+as Regent's own download endpoint does (apps.registry.downloads).
+"""
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+from django.conf import settings
+from django.http import Http404, HttpResponse
+
+from apps.registry import access
+from apps.registry.downloads import artifact_download_response, artifact_lookup
+from apps.registry.models import ModelVersion
+from apps.registry.paths import InvalidModelName, validate_model_name
+from apps.registry.validation import MAX_VERSION_NUMBER
+
+PREFIX = "registry"
+_LOCATION = re.compile(r"registry/([^/]+)/([1-9][0-9]{0,9})(?:/(.*))?")
+
+
+def download_uri(version: ModelVersion) -> str:
+    name = quote(version.model.name, safe="")
+    base = f"{settings.REGENT_BASE_URL}/api/2.0/mlflow-artifacts/artifacts"
+    return f"{base}/{PREFIX}/{name}/{version.number}"
+
+
+def is_registry_path(artifact_path: str) -> bool:
+    return artifact_path == PREFIX or artifact_path.startswith(f"{PREFIX}/")
+
+
+def _version_at(user: Any, artifact_path: str) -> tuple[ModelVersion, str]:
+    match = _LOCATION.fullmatch(artifact_path)
+    if match is None or int(match.group(2)) > MAX_VERSION_NUMBER:
+        raise Http404("Not found.")
+    try:
+        validate_model_name(match.group(1))
+    except InvalidModelName:
+        raise Http404("Not found.") from None
+    version = access.access_version(user, match.group(1), int(match.group(2)), "view")
+    return version, (match.group(3) or "").strip("/")
+
+
+def listing(user: Any, artifact_path: str) -> list[dict[str, Any]]:
+    """The version's files and folders directly under the path (MLflow's list answer)."""
+    version, prefix = _version_at(user, artifact_path)
+    base = f"{prefix}/" if prefix else ""
+    children: dict[str, dict[str, Any]] = {}
+    for path, size in version.files.values_list("path", "size"):
+        if not path.startswith(base):
+            continue
+        name, _, rest = path[len(base) :].partition("/")
+        if rest:
+            children.setdefault(name, {"path": name, "is_dir": True})
+        else:
+            children[name] = {"path": name, "is_dir": False, "file_size": size}
+    return [children[name] for name in sorted(children)]
+
+
+def download(user: Any, artifact_path: str) -> HttpResponse:
+    version, path = _version_at(user, artifact_path)
+    return artifact_download_response(artifact_lookup(version, path))
