@@ -9,8 +9,8 @@ annotations included). The SQL still comes from the ORM, so the access rules kee
 definition (`apps.registry.access`).
 
 A shape is whatever changes the SQL besides the values (e.g. superuser or not, the action);
-the caller names it. Every sentinel must reach the SQL unchanged as a parameter, or
-preparing fails loudly: a lookup that transforms its value (`iexact`, `contains`) cannot be
+the caller names it. PostgreSQL only: on the embedded default (SQLite) the queryset simply
+runs. Every sentinel must reach the SQL unchanged as a parameter, or preparing fails loudly: a lookup that transforms its value (`iexact`, `contains`) cannot be
 prepared this way. A migrate (or a test flush) recreates rows such as permissions whose ids a
 shape may have baked in, so post_migrate forgets every prepared shape.
 """
@@ -77,11 +77,14 @@ class Prepared:
 
     def all(self, shape: tuple, using: str = "default", **values: Any) -> list[Any]:
         """Every row as an instance. `values` has one entry per sentinel."""
+        connection = connections[using]
+        if connection.vendor != "postgresql":
+            # The embedded default (SQLite) binds some values differently: plain ORM there.
+            return list(self.build(shape, **values))
         compiled = self._compiled.get((using, shape))
         if compiled is None:
             compiled = self._compile(using, shape)
         params = list(compiled.params)
-        connection = connections[using]
         for position, (name, kind) in compiled.slots.items():
             value = _adapt(values[name], connection)
             params[position] = value if type(value) is kind else kind(value)

@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import pytest
 
 from tests.e2e.conftest import OUTPUT_DIR, REPO_ROOT, free_port
@@ -152,7 +153,7 @@ def sign_in(client: Browser, username: str, password: str) -> None:
     assert client.cookie("sessionid")
 
 
-def test_embedded_default_runs_on_sqlite_with_nothing_configured(embedded):
+def test_embedded_default_runs_on_sqlite_with_nothing_configured(embedded, monkeypatch, tmp_path):
     env, data_dir, client = embedded
     password = demo_password(env)
     assert demo_password(env) == password  # the same demo sign-in on every start
@@ -185,3 +186,33 @@ def test_embedded_default_runs_on_sqlite_with_nothing_configured(embedded):
     assert database == data_dir.resolve() / "regent.sqlite3"
     assert database.is_file()
     assert artifacts.is_relative_to(data_dir.resolve())
+
+    # A training script on the embedded default: tasks run in-process, so the version it
+    # registers from its run is copied and verified before the call returns.
+    mlflow_registers_and_loads(client.base_url, token, monkeypatch, tmp_path)
+
+
+def mlflow_registers_and_loads(base_url: str, token: str, monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", base_url)
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "MLmodel").write_text("flavors: {}\n")
+    (model_dir / "weights.bin").write_bytes(b"\x01" * 5000)
+    with mlflow.start_run() as run:
+        mlflow.log_metric("auc", 0.9)
+        mlflow.log_artifacts(str(model_dir), artifact_path="model")
+        registered = mlflow.register_model(f"runs:/{run.info.run_id}/model", "embedded")
+    assert (registered.version, registered.status) == ("1", "READY")
+    client = mlflow.MlflowClient()
+    assert client.get_model_version("embedded", "1").status == "READY"
+    client.set_registered_model_alias("embedded", "champion", "1")
+    assert client.get_model_version_by_alias("embedded", "champion").version == "1"
+    fetched = Path(
+        mlflow.artifacts.download_artifacts(
+            "models:/embedded@champion", dst_path=str(tmp_path / "got")
+        )
+    )
+    assert (fetched / "weights.bin").read_bytes() == b"\x01" * 5000
