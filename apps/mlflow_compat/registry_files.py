@@ -15,6 +15,7 @@ from urllib.parse import quote
 from django.conf import settings
 from django.http import Http404, HttpResponse
 
+from apps.mlflow_compat.staging import children_of
 from apps.registry import access
 from apps.registry.downloads import artifact_download_response, artifact_lookup
 from apps.registry.models import ModelVersion
@@ -50,17 +51,7 @@ def _version_at(user: Any, artifact_path: str) -> tuple[ModelVersion, str]:
 def listing(user: Any, artifact_path: str) -> list[dict[str, Any]]:
     """The version's files and folders directly under the path (MLflow's list answer)."""
     version, prefix = _version_at(user, artifact_path)
-    base = f"{prefix}/" if prefix else ""
-    children: dict[str, dict[str, Any]] = {}
-    for path, size in version.files.values_list("path", "size"):
-        if not path.startswith(base):
-            continue
-        name, _, rest = path[len(base) :].partition("/")
-        if rest:
-            children.setdefault(name, {"path": name, "is_dir": True})
-        else:
-            children[name] = {"path": name, "is_dir": False, "file_size": size}
-    return [children[name] for name in sorted(children)]
+    return children_of(version.files.values_list("path", "size"), prefix)
 
 
 def download(user: Any, artifact_path: str) -> HttpResponse:

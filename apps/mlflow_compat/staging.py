@@ -16,6 +16,7 @@ FAILED_REGISTRATION with the reason.
 import logging
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import IO, Any
@@ -174,17 +175,23 @@ def _staged_record(
 
 
 def listing(location: Location) -> list[dict[str, Any]]:
-    """MLflow's `list artifacts` answer: the direct children of the prefix."""
+    """MLflow's `list artifacts` answer for staged files: the direct children of the prefix."""
+    files = ((staged.path, staged.size) for staged in location.files())
+    return children_of(files, location.prefix)
+
+
+def children_of(files: Iterable[tuple[str, int]], prefix: str) -> list[dict[str, Any]]:
+    """The files and folders directly under `prefix`, as MLflow lists artifacts."""
     children: dict[str, dict[str, Any]] = {}
-    base = f"{location.prefix}/" if location.prefix else ""
-    for staged in location.files():
-        if not staged.path.startswith(base):
+    base = f"{prefix}/" if prefix else ""
+    for path, size in files:
+        if not path.startswith(base):
             continue
-        name, _, rest = staged.path[len(base) :].partition("/")
+        name, _, rest = path[len(base) :].partition("/")
         if rest:
             children.setdefault(name, {"path": name, "is_dir": True})
         else:
-            children[name] = {"path": name, "is_dir": False, "file_size": staged.size}
+            children[name] = {"path": name, "is_dir": False, "file_size": size}
     return [children[name] for name in sorted(children)]
 
 
