@@ -10,9 +10,11 @@ definition (`apps.registry.access`).
 
 A shape is whatever changes the SQL besides the values (e.g. superuser or not, the action);
 the caller names it. PostgreSQL only: on the embedded default (SQLite) the queryset simply
-runs. Every sentinel must reach the SQL unchanged as a parameter, or preparing fails loudly: a lookup that transforms its value (`iexact`, `contains`) cannot be
-prepared this way. A migrate (or a test flush) recreates rows such as permissions whose ids a
-shape may have baked in, so post_migrate forgets every prepared shape.
+runs. Every sentinel must reach the SQL unchanged as a parameter: a shape where one does not
+(a lookup that transforms its value, such as `iexact`; a value the shape does not use, such as
+a superuser's id) is never compiled and runs as a plain queryset every time. A migrate (or a
+test flush) recreates rows such as permissions whose ids a shape may have baked in, so
+post_migrate forgets every prepared shape.
 """
 
 import itertools
@@ -46,6 +48,10 @@ def sentinel_text() -> str:
     return f"\x1fprepared-{next(_sentinel_numbers)}\x1f"
 
 
+class UnpreparableQuery(ValueError):
+    """A value does not reach the SQL as a parameter unchanged (unused, or transformed)."""
+
+
 @dataclass(frozen=True)
 class _Compiled:
     sql: str
@@ -67,6 +73,7 @@ class Prepared:
         self.build = build
         self.sentinels = sentinels  # name → the sentinel used while compiling
         self._compiled: dict[tuple, _Compiled] = {}
+        self._plain: set[tuple] = set()
         self._lock = threading.Lock()
         _every.append(self)
 
@@ -82,8 +89,15 @@ class Prepared:
             # The embedded default (SQLite) binds some values differently: plain ORM there.
             return list(self.build(shape, **values))
         compiled = self._compiled.get((using, shape))
+        if compiled is None and (using, shape) not in self._plain:
+            try:
+                compiled = self._compile(using, shape)
+            except UnpreparableQuery:
+                # A shape that does not use every value (a superuser's ignores user_id) or
+                # transforms one: it runs as a plain queryset, every time.
+                self._plain.add((using, shape))
         if compiled is None:
-            compiled = self._compile(using, shape)
+            return list(self.build(shape, **values))
         params = list(compiled.params)
         for position, (name, kind) in compiled.slots.items():
             value = _adapt(values[name], connection)
@@ -110,7 +124,7 @@ class Prepared:
             }
             missing = set(self.sentinels) - {name for name, _ in slots.values()}
             if missing:
-                raise ValueError(f"Values {sorted(missing)} do not reach the SQL unchanged.")
+                raise UnpreparableQuery(f"Values {sorted(missing)} do not reach the SQL unchanged.")
             select, klass_info = compiler.select, compiler.klass_info
             fields = klass_info["select_fields"]
             converters = compiler.get_converters([s[0] for s in select[: compiler.col_count]])
@@ -132,6 +146,7 @@ class Prepared:
     def forget(self) -> None:
         with self._lock:
             self._compiled.clear()
+            self._plain.clear()
 
 
 def _adapt(value: Any, connection: Any) -> Any:

@@ -1,6 +1,7 @@
 """Writing audit events. Every service that changes state calls `audit_record` inside its
 own transaction, after its writes (the chain lock is then held for the shortest time)."""
 
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection, models, transaction
@@ -10,7 +11,7 @@ from django.utils.ipv6 import clean_ipv6_address
 from apps.audit.chain import GENESIS_HASH, ChainReport, event_hash, to_storable_json
 from apps.audit.context import current_context
 from apps.audit.models import AuditCheck, AuditEvent
-from apps.audit.webhooks import webhook_fanout
+from apps.audit.webhooks import webhook_fanout_many
 
 # Any constant works: it names the one advisory lock that serialises the chain head.
 CHAIN_LOCK_KEY = 0x52454745  # "REGE"
@@ -23,6 +24,18 @@ def _lock_chain_head() -> None:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CHAIN_LOCK_KEY])
+
+
+_HEAD_SQL = "SELECT hash FROM {table} ORDER BY id DESC LIMIT 1"
+
+
+def _chain_head() -> str:
+    """The last event's hash (a fixed statement: no queryset to build on every append)."""
+    table = connection.ops.quote_name(AuditEvent._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(_HEAD_SQL.format(table=table))
+        row = cursor.fetchone()
+    return row[0] if row else GENESIS_HASH
 
 
 def _target_fields(target: models.Model | None) -> dict[str, Any]:
@@ -63,34 +76,67 @@ def audit_record(
     `changes` is free-form JSON, by convention {"before": {...}, "after": {...}} for edits.
     The ip, user agent, request id and channel come from the request context.
     """
+    entry = AuditEntry(action=action, target=target, changes=changes, model_id=model_id)
+    return audit_record_many(actor=actor, entries=[entry], via=via, actor_name=actor_name)[0]
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One event of `audit_record_many`: what `audit_record` takes besides the actor."""
+
+    action: str
+    target: models.Model | None = None
+    changes: dict[str, Any] | None = None
+    model_id: int | None = None
+
+
+def audit_record_many(
+    *,
+    actor: Any,
+    entries: list[AuditEntry],
+    via: str | None = None,
+    actor_name: str | None = None,
+) -> list[AuditEvent]:
+    """Append several events by one actor to the chain, in this order, in the caller's
+    transaction: one lock, one head read, one INSERT and one webhook look-up for them all.
+    """
     context = current_context()
-    fields: dict[str, Any] = {
+    common: dict[str, Any] = {
         **_actor_fields(actor, actor_name),
-        "action": action[:64],
-        **_target_fields(target),
-        "changes": to_storable_json(changes or {}),
         "via": (via or context.via)[:16],
         "ip": _clean_ip(context.ip),
         "user_agent": context.user_agent[:512],
         "request_id": context.request_id[:64],
     }
-    if model_id is not None:
-        fields["model_id"] = model_id
+    rows = []
+    for entry in entries:
+        fields = {
+            **common,
+            "action": entry.action[:64],
+            **_target_fields(entry.target),
+            "changes": to_storable_json(entry.changes or {}),
+        }
+        if entry.model_id is not None:
+            fields["model_id"] = entry.model_id
+        rows.append(fields)
     # No savepoint: callers are always inside their own transaction (which an error here
-    # must roll back anyway), and two round trips per event are saved. Outside one, this
+    # must roll back anyway), and two round trips per call are saved. Outside one, this
     # still opens a transaction, so the lock is held from the head read to the insert.
     with transaction.atomic(savepoint=False):
         _lock_chain_head()
-        # Stamped under the chain lock, so event times follow chain order.
-        fields["at"] = timezone.now()
-        prev_hash = AuditEvent.objects.order_by("-id").values_list("hash", flat=True).first()
-        prev_hash = prev_hash or GENESIS_HASH
-        event = AuditEvent.objects.create(
-            prev_hash=prev_hash, hash=event_hash(prev_hash, fields), **fields
-        )
+        prev_hash = _chain_head()
+        events = []
+        for fields in rows:
+            # Stamped under the chain lock, so event times follow chain order.
+            fields["at"] = timezone.now()
+            digest = event_hash(prev_hash, fields)
+            events.append(AuditEvent(prev_hash=prev_hash, hash=digest, **fields))
+            prev_hash = digest
+        # One INSERT; PostgreSQL numbers its rows in this order, which is the chain's.
+        AuditEvent.objects.bulk_create(events)
         # Webhooks ride on the log: their outbox rows join this same transaction.
-        webhook_fanout(event)
-        return event
+        webhook_fanout_many(events)
+        return events
 
 
 def audit_check_record(report: ChainReport) -> AuditCheck:

@@ -1,6 +1,6 @@
 """Webhook fan-out: audit events become outbox rows in the same transaction.
 
-`audit_record` calls `webhook_fanout(event)` for every event it writes. For the actions in
+`audit_record` calls `webhook_fanout_many(events)` with the events it writes. For the actions in
 WEBHOOK_EVENTS it creates one WebhookDelivery per active webhook subscribed to that action,
 on the event's model or global, then enqueues their sending after commit. A rolled-back
 change therefore notifies no one, and a committed one is never lost: if the broker is down
@@ -29,29 +29,44 @@ API_PREFIX = "/api/v1"
 
 def webhook_fanout(event: AuditEvent) -> list[WebhookDelivery]:
     """Queue `event` for every subscribed endpoint; runs in the caller's transaction."""
-    if event.action not in WEBHOOK_EVENTS:
+    return webhook_fanout_many([event])
+
+
+def webhook_fanout_many(events: list[AuditEvent]) -> list[WebhookDelivery]:
+    """Queue each of `events` (in order) for its subscribed endpoints, with one look-up."""
+    events = [event for event in events if event.action in WEBHOOK_EVENTS]
+    if not events:
         return []
     scope = Q(model__isnull=True)
-    if event.model_id is not None:
-        scope |= Q(model_id=event.model_id)
-    webhooks = [
-        webhook
-        for webhook in Webhook.objects.filter(scope, active=True).only("pk", "events")
-        if event.action in webhook.events
-    ]
-    if not webhooks:
+    model_ids = {event.model_id for event in events if event.model_id is not None}
+    if model_ids:
+        scope |= Q(model_id__in=model_ids)
+    active = list(Webhook.objects.filter(scope, active=True).only("pk", "model_id", "events"))
+    if not active:
         return []
-    payload = webhook_payload(event)
-    deliveries = WebhookDelivery.objects.bulk_create(
-        WebhookDelivery(
-            webhook=webhook,
-            event_id=str(event.pk),
-            event_type=event.action,
-            payload=payload,
-            next_attempt_at=event.at,
-        )
-        for webhook in webhooks
-    )
+    deliveries = []
+    for event in events:
+        webhooks = [
+            webhook
+            for webhook in active
+            if event.action in webhook.events and webhook.model_id in (None, event.model_id)
+        ]
+        if not webhooks:
+            continue
+        payload = webhook_payload(event)
+        deliveries += [
+            WebhookDelivery(
+                webhook=webhook,
+                event_id=str(event.pk),
+                event_type=event.action,
+                payload=payload,
+                next_attempt_at=event.at,
+            )
+            for webhook in webhooks
+        ]
+    if not deliveries:
+        return []
+    deliveries = WebhookDelivery.objects.bulk_create(deliveries)
     from apps.audit.webhook_delivery import enqueue_delivery
 
     for delivery in deliveries:
@@ -89,7 +104,7 @@ def _target(event: AuditEvent) -> models.Model | None:
 def _describe(target: models.Model, event: AuditEvent) -> dict[str, Any]:
     label = target._meta.label_lower
     if label == "registry.modelversion":
-        return _version_data(target)
+        return _version_data(target, event)
     if label == "approvals.promotionrequest":
         return _promotion_data(target)
     if label == "approvals.stage":
@@ -97,11 +112,15 @@ def _describe(target: models.Model, event: AuditEvent) -> dict[str, Any]:
     return {}
 
 
-def _version_data(version: Any) -> dict[str, Any]:
+def _version_data(version: Any, event: AuditEvent) -> dict[str, Any]:
+    # The status this event left the version in (a "version.created" written together with
+    # its "version.ready" still reports `pending`); the row's when the event names none.
+    after = (event.changes or {}).get("after")
+    status = after.get("status") if isinstance(after, dict) else None
     return {
         "model": version.model.name,
         "version": version.number,
-        "status": version.status,
+        "status": status or version.status,
         "url": absolute_url(version),
     }
 

@@ -332,17 +332,24 @@ def like_to_regex(pattern: str) -> str:
     return r"(?s)\A" + "".join(out) + r"\Z"
 
 
-def _compare(lhs: Expression, op: str, value: Any) -> Q:
+def bound_value(op: str, value: Any) -> Any:
+    """What a comparison sends to the database: a LIKE pattern's regex, else the value."""
+    return like_to_regex(value) if op in ("LIKE", "ILIKE") else value
+
+
+def _compare(lhs: Expression, op: str, bound: Any) -> Q:
+    """`bound` is `bound_value(op, value)`; it reaches the SQL unchanged, as one parameter
+    (a list for IN: one parameter per item)."""
     if op == "=":
-        return Q(Exact(lhs, value))
+        return Q(Exact(lhs, bound))
     if op == "!=":
-        return ~Q(Exact(lhs, value))
+        return ~Q(Exact(lhs, bound))
     if op == "LIKE":
-        return Q(Regex(lhs, like_to_regex(value)))
+        return Q(Regex(lhs, bound))
     if op == "ILIKE":
-        return Q(IRegex(lhs, like_to_regex(value)))
+        return Q(IRegex(lhs, bound))
     if op == "IN":
-        return Q(In(lhs, list(value)))
+        return Q(In(lhs, list(bound)))
     raise AssertionError(op)  # the parser accepts nothing else for strings
 
 
@@ -355,24 +362,29 @@ def _number_q(field: str, op: str, value: int) -> Q:
     return Q(**{f"{field}__{_NUMBER_LOOKUPS[op]}": value})
 
 
-def _tag_q(clause: Clause, column: str) -> Q:
+def _tag_q(clause: Clause, column: str, bound: Any) -> Q:
     value = JsonText(column, clause.key)
     if clause.key == IS_PROMPT_TAG:
         # Regent holds no prompts: a missing tag compares as 'false' (as MLflow does).
         missing_is_false = Coalesce(value, Value("false"), output_field=TextField())
-        return _compare(missing_is_false, clause.op, clause.value)
-    return Q(**{f"{column}__has_key": clause.key}) & _compare(value, clause.op, clause.value)
+        return _compare(missing_is_false, clause.op, bound)
+    return Q(**{f"{column}__has_key": clause.key}) & _compare(value, clause.op, bound)
 
 
-def clause_q(clause: Clause, target: str) -> Q:
-    """The Q object of one clause, against RegisteredModel (MODELS) or ModelVersion."""
+def clause_q(clause: Clause, target: str, bound: Any = None) -> Q:
+    """The Q object of one clause, against RegisteredModel (MODELS) or ModelVersion.
+
+    `bound`: what to send instead of `bound_value(clause.op, clause.value)` for a string
+    comparison (a prepared query's placeholder); the clause's own value otherwise."""
     prefix = "model__" if target == VERSIONS else ""
+    if bound is None:
+        bound = bound_value(clause.op, clause.value)
     if clause.kind == "tag":
-        return _tag_q(clause, "tags")
+        return _tag_q(clause, "tags", bound)
     if clause.key == "name":
-        return _compare(F(f"{prefix}name"), clause.op, clause.value)
+        return _compare(F(f"{prefix}name"), clause.op, bound)
     if clause.key == "run_id":
-        return _compare(JsonText("source", "run_id"), clause.op, clause.value)
+        return _compare(JsonText("source", "run_id"), clause.op, bound)
     if clause.key == "version_number":
         if not -MAX_VERSION_NUMBER <= clause.value <= MAX_VERSION_NUMBER:
             raise _error("version_number is out of range")

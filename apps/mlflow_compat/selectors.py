@@ -267,11 +267,15 @@ def versions_by_id(ids: Iterable[int]) -> dict[int, ModelVersion]:
     if len(ids) > MAX_PREPARED_IDS:
         found = versions_loaded(ModelVersion.objects.filter(pk__in=ids))
     else:
-        found = _versions_by_id(len(ids)).all((), **{f"pk{i}": pk for i, pk in enumerate(ids)})
+        # One prepared query per power of two of ids (a search page's few dozen included),
+        # the last id repeated to fill it: a handful of shapes, the same rows.
+        count = 1 << (len(ids) - 1).bit_length()
+        ids += ids[-1:] * (count - len(ids))
+        found = _versions_by_id(count).all((), **{f"pk{i}": pk for i, pk in enumerate(ids)})
     return {version.pk: version for version in found}
 
 
-MAX_PREPARED_IDS = 8  # a model's newest unstaged version and its stages' holders fit
+MAX_PREPARED_IDS = 256  # a page of models' newest unstaged versions and their stage holders
 
 
 @functools.cache
@@ -353,24 +357,11 @@ def decode_page_token(token: str | None) -> int:
     return offset
 
 
-def _page(queryset: QuerySet, limit: int, page_token: str | None) -> tuple[list, str | None]:
-    offset = decode_page_token(page_token)
-    rows = list(queryset[offset : offset + limit + 1])
-    more = len(rows) > limit and offset + limit <= MAX_OFFSET
-    return rows[:limit], encode_page_token(offset + limit) if more else None
-
-
 def search_models(
     user: Any, *, filter_string: str | None, limit: int, order_by: list[str], page_token: str | None
 ) -> tuple[list[RegisteredModel], str | None]:
     """A page of the live models `user` may view that match the filter (two queries)."""
-    queryset = (
-        visible_models(user)
-        .filter(filters.filter_q(filter_string, filters.MODELS))
-        .select_related("created_by")
-        .order_by(*filters.order_by_fields(order_by, filters.MODELS))
-    )
-    models, token = _page(with_mlflow_fields(queryset), limit, page_token)
+    models, token = _search(filters.MODELS, user, filter_string, limit, order_by, page_token)
     return models_loaded(models), token
 
 
@@ -379,13 +370,96 @@ def search_versions(
 ) -> tuple[list[ModelVersion], str | None]:
     """A page of the versions of live models `user` may view that match the filter (one
     query)."""
-    condition = filters.filter_q(filter_string, filters.VERSIONS)
-    queryset = versions_loaded(
+    return _search(filters.VERSIONS, user, filter_string, limit, order_by, page_token)
+
+
+def _search_queryset(target: str, user: Any, condition: Q) -> QuerySet:
+    if target == filters.MODELS:
+        return with_mlflow_fields(
+            visible_models(user).filter(condition).select_related("created_by")
+        )
+    return versions_loaded(
         ModelVersion.objects.filter(
             access.viewable_q(user, "model__"), condition, model__archived_at__isnull=True
         )
-    ).order_by(*filters.order_by_fields(order_by, filters.VERSIONS))
-    return _page(queryset, limit, page_token)
+    )
+
+
+def _search(
+    target: str,
+    user: Any,
+    filter_string: str | None,
+    limit: int,
+    order_by: list[str],
+    page_token: str | None,
+) -> tuple[list, str | None]:
+    """One page of a search, and the next page's token. What clients send (name comparisons
+    and the prompt tag, for a caller who is not a superuser) runs as a prepared query; any
+    other filter builds its queryset. Errors come in the order filter, order_by, token."""
+    clauses = filters.parse_filter(filter_string, target)
+    condition = Q()
+    for clause in clauses:  # cheap; raises on a value out of range
+        condition &= filters.clause_q(clause, target)
+    order = tuple(filters.order_by_fields(order_by, target))
+    offset = decode_page_token(page_token)
+    signature = tuple((clause.kind, clause.key, clause.op) for clause in clauses)
+    shape = (signature, order, offset, limit)
+    if _preparable(user, clauses) and _keep_search_shape(target, shape):
+        values = {f"v{i}": filters.bound_value(c.op, c.value) for i, c in enumerate(clauses)}
+        rows = _prepared_search(target, len(clauses)).all(shape, user_id=user.pk, **values)
+    else:
+        queryset = _search_queryset(target, user, condition).order_by(*order)
+        rows = list(queryset[offset : offset + limit + 1])
+    more = len(rows) > limit and offset + limit <= MAX_OFFSET
+    return rows[:limit], encode_page_token(offset + limit) if more else None
+
+
+def _preparable(user: Any, clauses: list[filters.Clause]) -> bool:
+    # A superuser's query holds no user id to bind (nothing filters on grants).
+    return (
+        _active(user)
+        and not user.is_superuser
+        and all(
+            clause.op in filters.STRING_OPS
+            and (
+                (clause.kind == "attribute" and clause.key == "name")
+                or (clause.kind == "tag" and clause.key == filters.IS_PROMPT_TAG)
+            )
+            for clause in clauses
+        )
+    )
+
+
+# Compiled search shapes kept per process (the filter's form, order, offset and page size
+# vary with the caller); a search of any other shape builds its queryset as usual.
+MAX_SEARCH_SHAPES = 64
+_search_shapes: set[tuple] = set()
+
+
+def _keep_search_shape(target: str, shape: tuple) -> bool:
+    key = (target, *shape)
+    if key not in _search_shapes and len(_search_shapes) >= MAX_SEARCH_SHAPES:
+        return False
+    _search_shapes.add(key)
+    return True
+
+
+@functools.cache
+def _prepared_search(target: str, count: int) -> Prepared:
+    """The search of `count` clauses: values `v0`…, bound as `filters.bound_value` gives them."""
+
+    def build(shape: tuple, *, user_id: int, **values: str) -> QuerySet:
+        signature, order, offset, limit = shape
+        condition = Q()
+        for index, (kind, key, op) in enumerate(signature):
+            clause = filters.Clause(kind, key, op, None)
+            condition &= filters.clause_q(clause, target, values[f"v{index}"])
+        queryset = _search_queryset(target, _as_user(user_id, False), condition)
+        return queryset.order_by(*order)[offset : offset + limit + 1]
+
+    return Prepared(
+        build, user_id=sentinel_int(), **{f"v{i}": sentinel_text() for i in range(count)}
+    )
 
 
 # --- Stages and aliases -------------------------------------------------------------------------

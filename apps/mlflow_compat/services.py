@@ -3,14 +3,14 @@
 Each function is one transaction that reuses the registry and approvals services (which
 validate and audit), so a change made through MLflow is the same change, with the same audit
 event, as one made in the web UI or the REST API; the request context marks it via=mlflow.
-Only aliases and the "external artifacts" state are written here, and audited here.
+Only aliases are written here, and audited here; the "external artifacts" state is the
+registry's `version_create(external_reason=…)`.
 """
 
 import re
 from typing import Any
 
 from django.db import transaction
-from django.utils import timezone
 
 from apps.approvals.models import PromotionRequest, PromotionStatus, Stage
 from apps.approvals.services import promotion_request
@@ -20,7 +20,7 @@ from apps.mlflow_compat.errors import invalid
 from apps.mlflow_compat.models import ModelAlias
 from apps.mlflow_compat.selectors import open_promotion
 from apps.registry import services as registry
-from apps.registry.models import ModelVersion, RegisteredModel, VersionStatus
+from apps.registry.models import ModelVersion, RegisteredModel
 from registry_site.api_errors import Conflict
 
 ALIAS = selectors.ALIAS_SHAPE
@@ -85,7 +85,6 @@ def registered_model_delete(*, actor: Any, model: RegisteredModel) -> Registered
     return registry.model_archive(actor=actor, model=model)
 
 
-@transaction.atomic
 def version_register(
     *,
     actor: Any,
@@ -98,32 +97,17 @@ def version_register(
     """A version whose files stay at `source`: `ready` at once, marked external.
 
     `source` (already checked by `sources.check_source`) and `run_id` are lineage metadata;
-    the server never opens them. Audited as "version.created" then "version.ready".
+    the server never opens them. One transaction (the registry's): the version is inserted
+    ready, and audited as "version.created" then "version.ready".
     """
-    source_fields = {"uri": source, "run_id": run_id or None}
-    version = registry.version_create(
+    return registry.version_create(
         actor=actor,
         model=model,
         description=description,
         tags=check_no_prompt(tags),
-        source=source_fields,
+        source={"uri": source, "run_id": run_id or None},
+        external_reason=EXTERNAL_REASON,
     )
-    now = timezone.now()
-    ModelVersion.objects.filter(pk=version.pk, status=VersionStatus.PENDING).update(
-        status=VersionStatus.READY, external_artifacts=True, sealed_at=now, status_reason=""
-    )
-    version.refresh_from_db()
-    audit_record(
-        actor=actor,
-        action="version.ready",
-        target=version,
-        changes={
-            "before": {"status": VersionStatus.PENDING.value},
-            "after": {"status": VersionStatus.READY.value, "external_artifacts": True},
-            "reason": EXTERNAL_REASON,
-        },
-    )
-    return version
 
 
 @transaction.atomic
@@ -141,6 +125,12 @@ def version_tag_delete(*, actor: Any, version: ModelVersion, key: str) -> None:
         registry.version_update(actor=actor, version=locked, tags=tags)
 
 
+def _lock_model(model: RegisteredModel) -> None:
+    """The model row lock (nothing to load: only the lock matters; no-op on SQLite, whose
+    transactions are serialised)."""
+    list(RegisteredModel.objects.select_for_update().filter(pk=model.pk).values_list("pk"))
+
+
 @transaction.atomic
 def alias_set(
     *, actor: Any, model: RegisteredModel, alias: str, version: ModelVersion
@@ -153,7 +143,7 @@ def alias_set(
     if version.model_id != model.pk:
         raise invalid("The version belongs to another model.")
     # The model row lock orders concurrent moves of the same alias.
-    RegisteredModel.objects.select_for_update().filter(pk=model.pk).first()
+    _lock_model(model)
     row = ModelAlias.objects.filter(model=model, alias=alias).select_related("version").first()
     before = row.version.number if row else None
     if row is not None:

@@ -42,7 +42,15 @@ class RegisteredModel(models.Model):
                 condition=Q(visibility__in=Visibility.values), name="model_visibility_valid"
             ),
         ]
-        indexes = [models.Index(fields=["-updated_at"], name="model_recent_idx")]
+        indexes = [
+            models.Index(fields=["-updated_at"], name="model_recent_idx"),
+            # MLflow's `name = 'x'`, `name IN (…)` and `name LIKE 'prefix%'` (an anchored
+            # regex) use it: pattern ops compare bytes, so a prefix is a range whatever the
+            # database's collation.
+            models.Index(
+                fields=["name"], name="model_name_pattern_idx", opclasses=["varchar_pattern_ops"]
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name

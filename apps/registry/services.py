@@ -8,12 +8,12 @@ the only permission question answered here is which parent versions the actor ma
 
 from typing import Any
 
-from django.db import IntegrityError, transaction
-from django.db.models import Model, Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Model, Q
 from django.utils import timezone
 
 from apps.accounts.models import User
-from apps.audit.services import audit_record
+from apps.audit.services import AuditEntry, audit_record, audit_record_many
 from apps.registry import access
 from apps.registry.models import ModelVersion, RegisteredModel, VersionParent, VersionStatus
 from apps.registry.paths import model_name_key
@@ -65,11 +65,11 @@ def model_create(
     name_key = model_name_key(name)
     try:
         # The unique name_key decides (no look-before-insert: one query fewer, and a race
-        # has the same answer); a savepoint, so the loser gets a 409, not a 500.
-        with transaction.atomic():
-            model = RegisteredModel.objects.create(
-                name=name, name_key=name_key, created_by=actor, **fields
-            )
+        # has the same answer). No savepoint of its own: the 409 leaves this function's
+        # transaction (or savepoint) at once, which rolls the failed INSERT back.
+        model = RegisteredModel.objects.create(
+            name=name, name_key=name_key, created_by=actor, **fields
+        )
     except IntegrityError:
         raise _name_taken(name) from None
     access.grant_creator_ownership(actor, model)
@@ -198,19 +198,26 @@ def _version_fields(**values: Any) -> dict[str, Any]:
     }
 
 
+_TAKE_NUMBER = (
+    "UPDATE {table} SET last_version_number = last_version_number + 1, updated_at = %s"
+    " WHERE id = %s AND archived_at IS NULL RETURNING *"
+)
+
+
 def _next_number(model: RegisteredModel) -> RegisteredModel:
-    """Lock the model row and take the next number.
+    """Lock the model row and take the next number, in one UPDATE … RETURNING.
 
     Concurrent creations queue on the row lock, and each reads the number the previous one
     committed, so numbers are 1, 2, 3… with no gaps or duplicates. (A rolled-back creation
     rolls its bump back too.)
     """
-    locked = RegisteredModel.objects.select_for_update().get(pk=model.pk)
-    if locked.is_archived:
+    table = connection.ops.quote_name(RegisteredModel._meta.db_table)
+    sql = _TAKE_NUMBER.format(table=table)
+    taken = list(RegisteredModel.objects.raw(sql, [timezone.now(), model.pk]))
+    if not taken:  # archived (or gone: the lookup below raises DoesNotExist)
+        locked = RegisteredModel.objects.get(pk=model.pk)
         raise Conflict(f"Model {locked.name} is archived; it accepts no new versions.")
-    locked.last_version_number += 1
-    locked.save(update_fields=["last_version_number", "updated_at"])
-    return locked
+    return taken[0]
 
 
 @transaction.atomic
@@ -226,11 +233,16 @@ def version_create(
     dependencies: dict[str, Any] | None = None,
     source: dict[str, Any] | None = None,
     parents: list[str] | None = None,
+    external_reason: str | None = None,
 ) -> ModelVersion:
     """Create the next version of `model`, `pending` (accepting files), with its metadata.
 
     Parents are "model-name/3" references to versions the actor may view; one that is
     missing or hidden is the same 400 "parent X does not exist". Archived models: 409.
+
+    With `external_reason` (files that stay outside Regent, e.g. an MLflow `s3://` source)
+    the version is inserted `ready` with `external_artifacts` set, and audited
+    "version.created" (pending, as always) then "version.ready" giving that reason.
     """
     fields = _version_fields(
         description=description,
@@ -243,16 +255,31 @@ def version_create(
     )
     parent_versions = _resolve_parents(actor, parse_parent_refs(parents))
     locked = _next_number(model)
+    state: dict[str, Any] = {}
+    if external_reason is not None:
+        state = {"status": VersionStatus.READY, "external_artifacts": True, "status_reason": ""}
     version = ModelVersion.objects.create(
-        model=locked, number=locked.last_version_number, created_by=actor, **fields
+        model=locked, number=locked.last_version_number, created_by=actor, **fields, **state
     )
+    if external_reason is not None:
+        # Sealed the moment it was created (`created_at` is stamped by the INSERT itself).
+        ModelVersion.objects.filter(pk=version.pk).update(sealed_at=F("created_at"))
+        version.sealed_at = version.created_at
     VersionParent.objects.bulk_create(
         VersionParent(child=version, parent=parent) for parent in parent_versions
     )
     _mirror(model, locked, ["last_version_number", "updated_at", "archived_at"])
     after = {"version": version.number, "status": VersionStatus.PENDING.value, **fields}
     after["parents"] = [str(parent) for parent in parent_versions]
-    audit_record(actor=actor, action="version.created", target=version, changes={"after": after})
+    entries = [AuditEntry("version.created", target=version, changes={"after": after})]
+    if external_reason is not None:
+        ready = {
+            "before": {"status": VersionStatus.PENDING.value},
+            "after": {"status": VersionStatus.READY.value, "external_artifacts": True},
+            "reason": external_reason,
+        }
+        entries.append(AuditEntry("version.ready", target=version, changes=ready))
+    audit_record_many(actor=actor, entries=entries)
     return version
 
 

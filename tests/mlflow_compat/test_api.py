@@ -15,6 +15,7 @@ from apps.mlflow_compat.models import ModelAlias
 from apps.mlflow_compat.serializers import timestamp_ms
 from apps.registry.models import ModelVersion, RegisteredModel, VersionStatus
 from apps.registry.services import version_create
+from tests.conftest import make_user
 from tests.mlflow_compat.conftest import (
     AJAX,
     S3,
@@ -543,3 +544,19 @@ def test_hostile_input_is_a_clean_client_error(ml_model, as_owner, method, path,
     assert response.status_code < 500, response.content
     if response.status_code >= 400:
         assert set(response.json()) == {"error_code", "message"}
+
+
+def test_a_superuser_reads_models_and_versions(ml_model, client):
+    """A superuser's query ignores the user id, so it is never prepared: it runs as a plain
+    queryset (registry_site.prepared) and answers like anyone's."""
+    root = make_user("root-mlflow")
+    root.is_superuser = True
+    root.save(update_fields=["is_superuser"])
+    version_create(actor=root, model=ml_model, source={"uri": "s3://bucket/run/model"})
+    as_root = MlflowHttp(client, bearer_header(token_of(root)))
+    for _ in range(2):  # the second call takes the remembered "plain" path
+        got = as_root.get("/registered-models/get", {"name": "fraud-detector"})
+        assert got.status_code == 200, got.content
+        got = as_root.get("/model-versions/get", {"name": "fraud-detector", "version": "1"})
+        assert got.status_code == 200, got.content
+        assert got.json()["model_version"]["version"] == "1"

@@ -156,3 +156,45 @@ def test_search_costs_a_fixed_number_of_queries(catalog, django_assert_max_num_q
     assert len(body["registered_models"]) == 15
     with django_assert_max_num_queries(10):
         catalog.get("/model-versions/search", {"max_results": 100})
+
+
+PROMPT = "tag.`mlflow.prompt.is_prompt` != 'true'"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "params"),
+    [
+        ("/registered-models/search", {"filter": f"name LIKE 'al%' AND {PROMPT}"}),
+        ("/registered-models/search", {"filter": f"name LIKE 'gam%' AND {PROMPT}"}),  # case
+        ("/registered-models/search", {"filter": "name ILIKE 'GAM%'", "order_by": "name DESC"}),
+        ("/registered-models/search", {"filter": "name != 'beta'", "max_results": 2}),
+        ("/registered-models/search", {"filter": "", "max_results": 2, "order_by": "timestamp"}),
+        ("/model-versions/search", {"filter": "name = 'alpha'", "max_results": 2}),
+        ("/model-versions/search", {"filter": "name = 'Alpha'"}),  # exact, not case-folded
+        ("/model-versions/search", {"filter": "name LIKE '%ph_'", "order_by": "version_number"}),
+    ],
+)
+def test_prepared_search_answers_as_the_plain_query(catalog, endpoint, params, monkeypatch):
+    from apps.mlflow_compat import selectors
+
+    prepared = catalog.get(endpoint, params)
+    again = catalog.get(endpoint, params)  # the compiled shape, bound to the same values
+    monkeypatch.setattr(selectors, "MAX_SEARCH_SHAPES", 0)
+    monkeypatch.setattr(selectors, "_search_shapes", set())
+    plain = catalog.get(endpoint, params)
+    assert prepared.status_code == again.status_code == plain.status_code == 200
+    assert prepared.json() == again.json() == plain.json()
+
+
+def test_prepared_search_keeps_each_callers_visibility(catalog, as_outsider, superuser):
+    query = {"filter": f"name LIKE '%a%' AND {PROMPT}"}
+    assert names(catalog.get("/registered-models/search", query))
+    assert names(as_outsider.get("/registered-models/search", query)) == []
+    assert versions(as_outsider.get("/model-versions/search", {"filter": "name = 'alpha'"})) == []
+    # A superuser's search binds no user id: the plain query, every live model.
+    from apps.mlflow_compat import selectors
+
+    found, _ = selectors.search_models(
+        superuser, filter_string=query["filter"], limit=10, order_by=[], page_token=None
+    )
+    assert [model.name for model in found] == ["alpha", "beta", "delta", "Gamma"]

@@ -1,0 +1,124 @@
+"""`audit_record_many`: several events in one append, linked and ordered as if one by one."""
+
+import threading
+
+import pytest
+from django.db import connections, transaction
+from django.test.utils import CaptureQueriesContext
+
+from apps.audit.chain import GENESIS_HASH
+from apps.audit.models import AuditEvent, Webhook, WebhookDelivery
+from apps.audit.selectors import audit_verify_chain
+from apps.audit.services import AuditEntry, audit_record, audit_record_many
+from apps.registry.models import ModelVersion
+from apps.registry.services import model_create, version_create
+
+
+def entries(*actions: str) -> list[AuditEntry]:
+    return [AuditEntry(action, changes={"n": index}) for index, action in enumerate(actions)]
+
+
+@pytest.mark.django_db
+def test_events_are_chained_in_the_order_given(alice):
+    first = audit_record(actor=alice, action="test.before")
+    events = audit_record_many(actor=alice, entries=entries("test.one", "test.two", "test.three"))
+    assert [event.action for event in events] == ["test.one", "test.two", "test.three"]
+    assert events[0].prev_hash == first.hash
+    assert events[1].prev_hash == events[0].hash and events[2].prev_hash == events[1].hash
+    assert [event.pk for event in events] == sorted(event.pk for event in events)
+    assert events[0].at <= events[1].at <= events[2].at
+    stored = list(AuditEvent.objects.order_by("id").values_list("action", "hash"))
+    assert stored[1:] == [(event.action, event.hash) for event in events]
+    report = audit_verify_chain()
+    assert report.ok and report.events_checked == 4 and report.head_hash == events[2].hash
+
+
+@pytest.mark.django_db
+def test_the_first_event_links_to_the_genesis(alice):
+    events = audit_record_many(actor=alice, entries=entries("test.one", "test.two"))
+    assert events[0].prev_hash == GENESIS_HASH
+    assert audit_verify_chain().ok
+
+
+@pytest.mark.django_db
+def test_one_lock_one_head_read_one_insert(alice, django_assert_num_queries):
+    audit_record(actor=alice, action="test.before")
+    with django_assert_num_queries(3):  # lock, head, INSERT (no webhook action: no look-up)
+        audit_record_many(actor=alice, entries=entries("test.one", "test.two", "test.three"))
+    assert audit_verify_chain().ok
+
+
+@pytest.mark.django_db
+def test_external_version_writes_both_events_with_one_webhook_lookup(alice):
+    model = model_create(actor=alice, name="fraud-detector")
+    Webhook.objects.create(
+        url="https://hooks.example.com/regent",
+        secret="s" * 32,
+        model=model,
+        events=["version.created", "version.ready"],
+        created_by=alice,
+    )
+    with CaptureQueriesContext(connections["default"]) as queries:
+        version = version_create(actor=alice, model=model, external_reason="outside")
+    lookups = [q for q in queries.captured_queries if 'FROM "audit_webhook"' in q["sql"]]
+    assert len(lookups) == 1
+    about = AuditEvent.objects.filter(target_type="registry.modelversion", target_id=version.pk)
+    created, ready = about.order_by("id")
+    assert (created.action, created.changes["after"]["status"]) == ("version.created", "pending")
+    assert (ready.action, ready.changes["reason"]) == ("version.ready", "outside")
+    assert ready.prev_hash == created.hash
+    stored = ModelVersion.objects.get(pk=version.pk)
+    assert stored.status == "ready" and stored.external_artifacts
+    assert stored.sealed_at == stored.created_at
+    deliveries = WebhookDelivery.objects.order_by("id")
+    # Each payload reports the status its own event left the version in.
+    assert [(d.event_type, d.payload["data"]["status"]) for d in deliveries] == [
+        ("version.created", "pending"),
+        ("version.ready", "ready"),
+    ]
+    assert audit_verify_chain().ok
+
+
+@pytest.mark.django_db
+def test_a_rolled_back_append_leaves_no_event(alice):
+    with pytest.raises(RuntimeError), transaction.atomic():
+        audit_record_many(actor=alice, entries=entries("test.one", "test.two"))
+        raise RuntimeError("the change failed after its audit rows were written")
+    assert not AuditEvent.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_chain_stays_linear_with_concurrent_batches_and_single_events(alice):
+    writers, per_writer = 8, 5
+    barrier = threading.Barrier(writers)
+    errors: list[BaseException] = []
+
+    def write(batch: bool) -> None:
+        try:
+            barrier.wait()
+            for _ in range(per_writer):
+                with transaction.atomic():
+                    if batch:
+                        audit_record_many(actor=alice, entries=entries("test.a", "test.b"))
+                    else:
+                        audit_record(actor=alice, action="test.single")
+        except BaseException as error:  # collected and re-raised in the main thread
+            errors.append(error)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=write, args=(n % 2 == 0,)) for n in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    expected = (writers // 2) * per_writer * 3
+    assert AuditEvent.objects.count() == expected
+    report = audit_verify_chain()
+    assert report.ok and report.events_checked == expected
+    # A batch's two events are adjacent in the chain: nothing slips between them.
+    actions = list(AuditEvent.objects.order_by("id").values_list("action", flat=True))
+    for index, action in enumerate(actions):
+        if action == "test.a":
+            assert actions[index + 1] == "test.b"
