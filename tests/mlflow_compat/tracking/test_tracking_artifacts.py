@@ -3,13 +3,16 @@ version from logged files, and registered versions' files through the artifact p
 
 import io
 from typing import Any
+from unittest.mock import patch
 
 import pytest
+from celery.exceptions import Retry
 
 from apps.accounts.models import User
 from apps.audit.models import AuditEvent
 from apps.mlflow_compat.models import Run, StagedFile
 from apps.mlflow_compat.staging import import_staged_files
+from apps.mlflow_compat.tasks import MAX_RETRIES, import_staged_files_task
 from apps.registry.artifacts import artifact_upload, version_seal, version_verify
 from apps.registry.models import Artifact, ModelVersion, RegisteredModel, VersionStatus
 from apps.registry.services import model_create, version_create
@@ -300,6 +303,29 @@ def test_a_staged_object_gone_before_the_copy_fails_the_version(
     answer = as_alice.get("/model-versions/get", {"name": "fraud", "version": "1"})
     assert answer.json()["model_version"]["status"] == "FAILED_REGISTRATION"
     assert "model/w.bin" in answer.json()["model_version"]["status_message"]
+
+
+def test_storage_that_keeps_failing_fails_the_version_once_retries_run_out(
+    as_alice, alice, django_capture_on_commit_callbacks
+):
+    run_id = new_run(as_alice)["run_id"]
+    assert put_file(as_alice, f"0/{run_id}/artifacts/model/MLmodel", b"m").status_code == 200
+    model_create(actor=alice, name="fraud")
+    register(as_alice, django_capture_on_commit_callbacks, "fraud", f"runs:/{run_id}/model")
+    version = ModelVersion.objects.get()
+    file_ids = list(StagedFile.objects.values_list("pk", flat=True))
+    broken = patch(
+        "apps.mlflow_compat.tasks.import_staged_files", side_effect=OSError("bucket unreachable")
+    )
+    args = (version.pk, alice.pk, file_ids, "model")
+    with broken, pytest.raises(Retry):  # not the last attempt: retried, still pending
+        import_staged_files_task.apply(args, retries=0, throw=True)
+    assert ModelVersion.objects.get().status == VersionStatus.PENDING
+    with broken:
+        import_staged_files_task.apply(args, retries=MAX_RETRIES, throw=True)
+    version.refresh_from_db()
+    assert version.status == VersionStatus.FAILED
+    assert "bucket unreachable" in version.status_reason
 
 
 # --- 9. Registered versions through the artifact proxy ------------------------------------------
