@@ -170,7 +170,7 @@ def http_post(
                 connection.connect()
             except OSError as error:  # ssl.SSLError included
                 connection.close()
-                if expired.is_set():
+                if _out_of_time(error, expired):
                     raise DeliveryFailed(f"no answer within {TOTAL_TIMEOUT:g} s") from None
                 problem = f"cannot connect to {address[1][0]}: {_reason(error)}"
                 continue
@@ -203,11 +203,17 @@ def _exchange(
         response = connection.getresponse()
         return HttpAnswer(response.status, response.read(MAX_RESPONSE_BYTES))
     except (OSError, http.client.HTTPException, ValueError) as error:
-        if expired.is_set():
+        if _out_of_time(error, expired):
             raise DeliveryFailed(f"no answer within {TOTAL_TIMEOUT:g} s") from None
         raise DeliveryFailed(_reason(error)) from None
     finally:
         connection.close()
+
+
+def _out_of_time(error: BaseException, expired: threading.Event) -> bool:
+    """The total time is up: the watchdog fired, or the socket's own timeout (set to the
+    time remaining) beat it by a hair."""
+    return expired.is_set() or isinstance(error, TimeoutError)
 
 
 def _abort(connection: PinnedHTTPConnection, expired: threading.Event) -> None:
