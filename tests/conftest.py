@@ -1,5 +1,6 @@
 """Shared fixtures: personas and API clients."""
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,3 +58,22 @@ def bearer(token: str) -> dict[str, str]:
 @pytest.fixture
 def api_client() -> Client:
     return Client()
+
+
+@pytest.fixture
+def artifact_root(settings: Any, tmp_path: Path) -> Path:
+    """STORAGES["artifacts"] on a fresh local folder (the settings change resets the cache),
+    so what a test leaves behind can be listed on disk."""
+    root = tmp_path / "artifacts"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "artifacts": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {
+                "location": str(root),
+                "file_permissions_mode": 0o600,
+                "directory_permissions_mode": 0o700,
+            },
+        },
+    }
+    return root

@@ -19,8 +19,6 @@ from apps.mlflow_compat.staging import children_of
 from apps.registry import access
 from apps.registry.downloads import artifact_download_response, artifact_lookup
 from apps.registry.models import ModelVersion
-from apps.registry.paths import InvalidModelName, validate_model_name
-from apps.registry.validation import MAX_VERSION_NUMBER
 
 PREFIX = "registry"
 _LOCATION = re.compile(r"registry/([^/]+)/([1-9][0-9]{0,9})(?:/(.*))?")
@@ -38,13 +36,9 @@ def is_registry_path(artifact_path: str) -> bool:
 
 def _version_at(user: Any, artifact_path: str) -> tuple[ModelVersion, str]:
     match = _LOCATION.fullmatch(artifact_path)
-    if match is None or int(match.group(2)) > MAX_VERSION_NUMBER:
+    if match is None:
         raise Http404("Not found.")
-    try:
-        validate_model_name(match.group(1))
-    except InvalidModelName:
-        raise Http404("Not found.") from None
-    version = access.access_version(user, match.group(1), int(match.group(2)), "view")
+    version = access.access_version(user, match.group(1), match.group(2), "view")
     return version, (match.group(3) or "").strip("/")
 
 

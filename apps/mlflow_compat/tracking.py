@@ -14,9 +14,10 @@ import math
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 
 from apps.audit.services import audit_record
@@ -268,8 +269,8 @@ def _merged_params(current: dict[str, str], params: list[Any], owner: str) -> di
 def run_log_batch(
     *,
     run: Run,
-    metrics: list[Any] = (),  # type: ignore[assignment]
-    params: list[Any] = (),  # type: ignore[assignment]
+    metrics: Sequence[Any] = (),
+    params: Sequence[Any] = (),
     tags: dict[str, Any] | None = None,
 ) -> None:
     """Append metric points, add params (write-once) and set tags, all or nothing."""
@@ -300,20 +301,12 @@ def run_tag_delete(*, run: Run, key: str) -> None:
 def latest_metrics(run: Run) -> list[RunMetric]:
     """Each key's latest point: the highest step, then the latest timestamp (MLflow's rule)."""
     rows = RunMetric.objects.filter(run=run).order_by("key", "-step", "-timestamp", "-pk")
-    return list(rows.distinct("key")) if _distinct_on() else _first_per_key(rows)
-
-
-def _distinct_on() -> bool:
-    from django.db import connection
-
-    return connection.features.can_distinct_on_fields
-
-
-def _first_per_key(rows: Any) -> list[RunMetric]:
-    seen: dict[str, RunMetric] = {}
+    if connection.features.can_distinct_on_fields:
+        return list(rows.distinct("key"))
+    latest: dict[str, RunMetric] = {}
     for row in rows:
-        seen.setdefault(row.key, row)
-    return list(seen.values())
+        latest.setdefault(row.key, row)
+    return list(latest.values())
 
 
 def metric_history(run: Run, key: str, limit: int = MAX_HISTORY) -> list[RunMetric]:

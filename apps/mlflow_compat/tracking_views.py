@@ -22,6 +22,7 @@ from apps.mlflow_compat.http import Call, error_response, reads, writes
 from apps.mlflow_compat.models import Experiment, LoggedModel, Run, RunMetric
 from apps.registry.api_files import upload_stream
 from apps.registry.artifacts import ArtifactTooLarge
+from apps.registry.downloads import DOWNLOAD_HEADERS
 from apps.registry.paths import content_disposition_attachment
 from apps.registry.storage import open_stream
 
@@ -344,7 +345,7 @@ def artifact_list(request: HttpRequest) -> HttpResponse:
 
 
 def _download(key: str, path: str) -> HttpResponse:
-    response = FileResponse(open_stream(key), content_type="application/octet-stream")
+    """A staged file as an attachment, with the registry's download headers."""
+    response = FileResponse(open_stream(key), headers=DOWNLOAD_HEADERS)
     response["Content-Disposition"] = content_disposition_attachment(path)
-    response["X-Content-Type-Options"] = "nosniff"
     return response

@@ -38,7 +38,8 @@ from apps.registry.models import (
     RegisteredModelUserObjectPermission,
     Visibility,
 )
-from apps.registry.paths import model_name_key
+from apps.registry.paths import InvalidModelName, model_name_key, validate_model_name
+from apps.registry.validation import MAX_VERSION_NUMBER
 
 VIEW = "view_registeredmodel"
 EDIT = "change_registeredmodel"
@@ -128,9 +129,9 @@ def access_model(user: Any, name: str, action: str = "view") -> RegisteredModel:
     """The model named `name` if `user` may do `action` on it; 404 if not visible, else 403."""
     if not getattr(user, "is_authenticated", False) or not user.is_active:
         raise Http404("Not found.")
-    try:
-        key = model_name_key(name)
-    except ValueError:
+    try:  # a name that breaks the naming rule cannot exist: 404 before any query
+        key = model_name_key(validate_model_name(name))
+    except InvalidModelName:
         raise Http404("Not found.") from None
     # name_key is uniquely indexed; `name` keeps the lookup exact (no case-folded aliases).
     model = RegisteredModel.objects.filter(name_key=key, name=name).filter(viewable_q(user)).first()
@@ -148,6 +149,8 @@ def access_version(user: Any, name: str, number: int | str, action: str = "view"
         number = int(number)
     except (TypeError, ValueError):
         raise Http404("Not found.") from None
+    if not 1 <= number <= MAX_VERSION_NUMBER:  # outside the column's range: never a DB error
+        raise Http404("Not found.")
     version = model.versions.filter(number=number).first()
     if version is None:
         raise Http404("Not found.")

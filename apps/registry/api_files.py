@@ -8,16 +8,14 @@ these paths in `registry_site.middleware`.
 
 from typing import IO, Any
 
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from ninja import Router, Schema, Status
 
 from apps.registry import access, selectors
 from apps.registry.artifacts import artifact_upload, version_seal
 from apps.registry.downloads import artifact_download_response, artifact_lookup
 from apps.registry.models import ModelVersion
-from apps.registry.paths import InvalidModelName, validate_model_name
 from apps.registry.schemas import VersionOut
-from apps.registry.validation import MAX_VERSION_NUMBER
 from registry_site.api_errors import ApiError
 
 router = Router(tags=["files"])
@@ -50,13 +48,6 @@ class FileUploadOut(Schema):
 
 
 def _version(request: HttpRequest, name: str, number: int, action: str) -> ModelVersion:
-    # Names and numbers that cannot exist are plain 404s, never a database error.
-    try:
-        validate_model_name(name)
-    except InvalidModelName:
-        raise Http404("Not found.") from None
-    if not 1 <= number <= MAX_VERSION_NUMBER:
-        raise Http404("Not found.")
     return access.access_version(request.auth, name, number, action)
 
 

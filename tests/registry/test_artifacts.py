@@ -49,24 +49,6 @@ MiB = 1024 * 1024
 # --- Helpers (imported by test_s3.py and test_verify_worker.py) ------------------------------
 
 
-@pytest.fixture
-def artifact_root(settings: Any, tmp_path: Path) -> Path:
-    """STORAGES["artifacts"] on a fresh local folder (the settings change resets the cache)."""
-    root = tmp_path / "artifacts"
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "artifacts": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {
-                "location": str(root),
-                "file_permissions_mode": 0o600,
-                "directory_permissions_mode": 0o700,
-            },
-        },
-    }
-    return root
-
-
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -30,21 +30,9 @@ MISSING_MODEL = f"m-{MISSING_RUN}"
 
 
 @pytest.fixture(autouse=True)
-def artifact_root(settings: Any, tmp_path: Path) -> Path:
-    """STORAGES["artifacts"] on a fresh local folder, so leftovers can be listed on disk."""
-    root = tmp_path / "artifacts"
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "artifacts": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {
-                "location": str(root),
-                "file_permissions_mode": 0o600,
-                "directory_permissions_mode": 0o700,
-            },
-        },
-    }
-    return root
+def _own_artifact_root(artifact_root: Path) -> Path:
+    """Every test here on its own storage folder (tests/conftest.py `artifact_root`)."""
+    return artifact_root
 
 
 @pytest.fixture
