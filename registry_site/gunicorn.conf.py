@@ -7,8 +7,8 @@ wins over this file (e.g. `-b 127.0.0.1:8000`, `-w 1`).
 |---|---|---|
 | `PORT` | `8000` | listen on `0.0.0.0:$PORT` |
 | `GUNICORN_BIND` | `0.0.0.0:$PORT` | full bind address(es), comma-separated |
-| `GUNICORN_WORKERS` (or `WEB_CONCURRENCY`) | CPUs, at least 2, at most 4 | processes |
-| `GUNICORN_THREADS` | `4` | threads per process (gthread) |
+| `GUNICORN_WORKERS` (or `WEB_CONCURRENCY`) | CPUs ÷ 2, at least 1, at most 4 | processes |
+| `GUNICORN_THREADS` | `8` | threads per process (gthread) |
 | `GUNICORN_KEEPALIVE` | `65` | seconds an idle keep-alive connection stays open |
 | `GUNICORN_TIMEOUT` | `120` | seconds before a silent worker is restarted (see below) |
 | `GUNICORN_GRACEFUL_TIMEOUT` | `30` | seconds a stopping worker may finish requests |
@@ -17,8 +17,11 @@ wins over this file (e.g. `-b 127.0.0.1:8000`, `-w 1`).
 | `GUNICORN_LOG_LEVEL` | `info` | gunicorn's own log |
 | `GUNICORN_CONTROL_SOCKET` | off | a path: enable gunicorn's control socket (`gunicornc`) there |
 
-- **workers**: each is a process of ~65-80 MiB resident, much of it shared with the master
-  (preloaded); on a small machine, `GUNICORN_WORKERS=1 GUNICORN_THREADS=8` saves one.
+- **workers**: each is a process of ~65-85 MiB resident, much of it shared with the master
+  (preloaded). One process per two CPUs: a process runs Python on one core at a time (the
+  GIL) while its threads wait on PostgreSQL, storage and clients, and a database on the same
+  machine needs the other core. With PostgreSQL elsewhere, `GUNICORN_WORKERS` = CPUs.
+- **threads**: 8, because a long upload or download holds its thread for its whole length.
 - **gthread**: one process handles `threads` requests at once, and HTTP keep-alive works
   (the sync worker closes every connection). Idle kept-alive connections wait in the
   worker's poller, not in a thread. The stock MLflow client and `requests` keep
@@ -65,8 +68,8 @@ bind = [
     if address.strip()
 ]
 worker_class = "gthread"
-workers = _int("GUNICORN_WORKERS", _int("WEB_CONCURRENCY", min(max(_cpus(), 2), 4)))
-threads = _int("GUNICORN_THREADS", 4)
+workers = _int("GUNICORN_WORKERS", _int("WEB_CONCURRENCY", min(max(_cpus() // 2, 1), 4)))
+threads = _int("GUNICORN_THREADS", 8)
 keepalive = _int("GUNICORN_KEEPALIVE", 65)  # above the usual 60 s idle timeout of proxies
 timeout = _int("GUNICORN_TIMEOUT", 120)
 graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)

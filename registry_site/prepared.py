@@ -28,6 +28,7 @@ from django.db import connections
 from django.db.models import Model, QuerySet
 from django.db.models.query import get_related_populators
 from django.db.models.signals import post_migrate
+from django.utils import timezone
 
 _sentinel_numbers = itertools.count(1)
 
@@ -182,3 +183,73 @@ def _forget_all(**kwargs: Any) -> None:
 
 
 post_migrate.connect(_forget_all, dispatch_uid="registry_site.prepared.forget")
+
+
+class PreparedInsert:
+    """Rows of one model inserted by a statement compiled once per process.
+
+    The statement is PostgreSQL's UNNEST form (the one Django's bulk_create uses for several
+    rows): one text for any number of rows, so the server prepares it once too. Each call only
+    stamps the auto_now(_add) fields, runs each field's `get_db_prep_save` and binds one array
+    per column; primary keys come back by RETURNING. As with bulk_create, no signals are sent
+    and values must be plain values, not expressions. On SQLite this is bulk_create.
+    """
+
+    def __init__(self, model: type[Model], *, ignore_conflicts: bool = False) -> None:
+        self.model = model
+        self.ignore_conflicts = ignore_conflicts
+        self.fields = [
+            field
+            for field in model._meta.concrete_fields
+            if not (field.primary_key and field.db_returning) and not field.generated
+        ]
+        self.stamped = [
+            field
+            for field in self.fields
+            if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False)
+        ]
+        self._sql: str | None = None
+
+    def insert(
+        self, objs: list[Model], using: str = "default", now: datetime | None = None
+    ) -> list[Model]:
+        """Insert `objs` in one statement. Their auto_now(_add) fields all get `now` (one
+        moment for the whole call; the current time if not given)."""
+        if not objs:
+            return objs
+        now = now or timezone.now()
+        for obj in objs:
+            for field in self.stamped:
+                setattr(obj, field.attname, now)
+        connection = connections[using]
+        if connection.vendor != "postgresql":
+            manager = self.model._base_manager.db_manager(using)
+            return manager.bulk_create(objs, ignore_conflicts=self.ignore_conflicts)
+        params = [
+            [field.get_db_prep_save(getattr(obj, field.attname), connection) for obj in objs]
+            for field in self.fields
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(self._sql or self._compile(connection), params)
+            keys = [] if self.ignore_conflicts else cursor.fetchall()
+        for obj, (key,) in zip(objs, keys, strict=False):
+            obj.pk = key
+        for obj in objs:
+            obj._state.adding, obj._state.db = False, using
+        return objs
+
+    def _compile(self, connection: Any) -> str:
+        quote = connection.ops.quote_name
+        columns = ", ".join(quote(field.column) for field in self.fields)
+        # Parameters (such as a varchar's length) dropped: varchar[] keeps values whole.
+        arrays = ", ".join(
+            f"(%s)::{field.db_type(connection).split('(')[0]}[]" for field in self.fields
+        )
+        sql = f"INSERT INTO {quote(self.model._meta.db_table)} ({columns}) "
+        sql += f"SELECT * FROM UNNEST({arrays})"  # noqa: S608 (names from the model, quoted)
+        if self.ignore_conflicts:
+            sql += " ON CONFLICT DO NOTHING"
+        else:
+            sql += f" RETURNING {quote(self.model._meta.pk.column)}"
+        self._sql = sql
+        return sql

@@ -29,20 +29,27 @@ from apps.registry.access import can
 from apps.registry.models import ModelVersion, RegisteredModel
 from apps.registry.validation import check_text
 from registry_site.api_errors import ApiError, Conflict, Forbidden
+from registry_site.prepared import PreparedInsert
 
 DEFAULT_REQUIRED_APPROVALS = {"staging": 1, "production": 2}
+_INSERT_STAGES = PreparedInsert(Stage)
+_INSERT_POLICIES = PreparedInsert(StagePolicy)
 MAX_COMMENT = 10_000
 
 
 def stages_create_defaults(model: RegisteredModel) -> list[Stage]:
     """`staging` and `production` with their default policies (called by `model_create`):
     two INSERTs, whatever the number of stages."""
-    stages = Stage.objects.bulk_create(
-        Stage(model=model, name=name, position=position) for name, position in DEFAULT_STAGES
+    stages = _INSERT_STAGES.insert(
+        [Stage(model=model, name=name, position=position) for name, position in DEFAULT_STAGES]
     )
-    StagePolicy.objects.bulk_create(
-        StagePolicy(stage=stage, required_approvals=DEFAULT_REQUIRED_APPROVALS.get(stage.name, 1))
-        for stage in stages
+    _INSERT_POLICIES.insert(
+        [
+            StagePolicy(
+                stage=stage, required_approvals=DEFAULT_REQUIRED_APPROVALS.get(stage.name, 1)
+            )
+            for stage in stages
+        ]
     )
     return stages
 

@@ -12,11 +12,14 @@ from apps.audit.chain import GENESIS_HASH, ChainReport, event_hash, to_storable_
 from apps.audit.context import current_context
 from apps.audit.models import AuditCheck, AuditEvent
 from apps.audit.webhooks import webhook_fanout_many
+from registry_site.prepared import PreparedInsert
 
 # Any constant works: it names the one advisory lock that serialises the chain head.
 CHAIN_LOCK_KEY = 0x52454745  # "REGE"
 
 SYSTEM_ACTOR_NAME = "system"
+
+_INSERT_EVENTS = PreparedInsert(AuditEvent)
 
 
 def _lock_chain_head() -> None:
@@ -133,7 +136,7 @@ def audit_record_many(
             events.append(AuditEvent(prev_hash=prev_hash, hash=digest, **fields))
             prev_hash = digest
         # One INSERT; PostgreSQL numbers its rows in this order, which is the chain's.
-        AuditEvent.objects.bulk_create(events)
+        _INSERT_EVENTS.insert(events)
         # Webhooks ride on the log: their outbox rows join this same transaction.
         webhook_fanout_many(events)
         return events

@@ -23,8 +23,32 @@ from django.db.models import Q
 from django.urls import NoReverseMatch
 
 from apps.audit.models import WEBHOOK_EVENTS, AuditEvent, Webhook, WebhookDelivery
+from registry_site.prepared import Prepared, sentinel_int
 
 API_PREFIX = "/api/v1"
+
+
+def _active_in(scope: Q) -> models.QuerySet[Webhook]:
+    """Active webhooks, global or of the models `scope` names."""
+    scope |= Q(model__isnull=True)
+    return Webhook.objects.filter(scope, active=True).only("pk", "model_id", "events")
+
+
+def _active(shape: tuple, model_id: int | None = None) -> models.QuerySet[Webhook]:
+    return _active_in(Q(model_id=model_id) if model_id is not None else Q())
+
+
+# Compiled once: the look-up runs inside every audited change of a version or stage.
+_ACTIVE_GLOBAL = Prepared(_active)
+_ACTIVE_FOR_MODEL = Prepared(_active, model_id=sentinel_int())
+
+
+def _active_webhooks(model_ids: set[int]) -> list[Webhook]:
+    if not model_ids:
+        return _ACTIVE_GLOBAL.all(())
+    if len(model_ids) == 1:
+        return _ACTIVE_FOR_MODEL.all((), model_id=next(iter(model_ids)))
+    return list(_active_in(Q(model_id__in=model_ids)))
 
 
 def webhook_fanout(event: AuditEvent) -> list[WebhookDelivery]:
@@ -37,11 +61,7 @@ def webhook_fanout_many(events: list[AuditEvent]) -> list[WebhookDelivery]:
     events = [event for event in events if event.action in WEBHOOK_EVENTS]
     if not events:
         return []
-    scope = Q(model__isnull=True)
-    model_ids = {event.model_id for event in events if event.model_id is not None}
-    if model_ids:
-        scope |= Q(model_id__in=model_ids)
-    active = list(Webhook.objects.filter(scope, active=True).only("pk", "model_id", "events"))
+    active = _active_webhooks({event.model_id for event in events if event.model_id is not None})
     if not active:
         return []
     deliveries = []

@@ -40,6 +40,7 @@ from apps.registry.models import (
 )
 from apps.registry.paths import InvalidModelName, model_name_key, validate_model_name
 from apps.registry.validation import MAX_VERSION_NUMBER
+from registry_site.prepared import PreparedInsert
 
 VIEW = "view_registeredmodel"
 EDIT = "change_registeredmodel"
@@ -161,16 +162,17 @@ def access_version(user: Any, name: str, number: int | str, action: str = "view"
 def grant_creator_ownership(user: Any, model: RegisteredModel) -> None:
     """The creator of a model becomes its owner (called by `model_create`): one INSERT of
     guardian's direct rows; a grant already there is left alone."""
-    RegisteredModelUserObjectPermission.objects.bulk_create(
+    _INSERT_GRANTS.insert(
         [
             RegisteredModelUserObjectPermission(
                 user=user, content_object=model, permission_id=permission_id
             )
             for permission_id in _owner_permission_ids()
-        ],
-        ignore_conflicts=True,
+        ]
     )
 
+
+_INSERT_GRANTS = PreparedInsert(RegisteredModelUserObjectPermission, ignore_conflicts=True)
 
 # Permission rows never change while the site runs; a migrate or a test flush recreates them
 # (new ids), and both send post_migrate, which empties this cache.

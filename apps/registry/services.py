@@ -9,7 +9,7 @@ the only permission question answered here is which parent versions the actor ma
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Model, Q
+from django.db.models import Model, Q
 from django.utils import timezone
 
 from apps.accounts.models import User
@@ -32,6 +32,10 @@ from apps.registry.validation import (
     parse_parent_refs,
 )
 from registry_site.api_errors import Conflict
+from registry_site.prepared import PreparedInsert
+
+_INSERT_MODEL = PreparedInsert(RegisteredModel)
+_INSERT_VERSION = PreparedInsert(ModelVersion)
 
 
 def _name_taken(name: str) -> Conflict:
@@ -67,9 +71,8 @@ def model_create(
         # The unique name_key decides (no look-before-insert: one query fewer, and a race
         # has the same answer). No savepoint of its own: the 409 leaves this function's
         # transaction (or savepoint) at once, which rolls the failed INSERT back.
-        model = RegisteredModel.objects.create(
-            name=name, name_key=name_key, created_by=actor, **fields
-        )
+        model = RegisteredModel(name=name, name_key=name_key, created_by=actor, **fields)
+        _INSERT_MODEL.insert([model])
     except IntegrityError:
         raise _name_taken(name) from None
     access.grant_creator_ownership(actor, model)
@@ -258,13 +261,13 @@ def version_create(
     state: dict[str, Any] = {}
     if external_reason is not None:
         state = {"status": VersionStatus.READY, "external_artifacts": True, "status_reason": ""}
-    version = ModelVersion.objects.create(
+    version = ModelVersion(
         model=locked, number=locked.last_version_number, created_by=actor, **fields, **state
     )
+    now = timezone.now()
     if external_reason is not None:
-        # Sealed the moment it was created (`created_at` is stamped by the INSERT itself).
-        ModelVersion.objects.filter(pk=version.pk).update(sealed_at=F("created_at"))
-        version.sealed_at = version.created_at
+        version.sealed_at = now  # sealed the moment it is created
+    _INSERT_VERSION.insert([version], now=now)
     VersionParent.objects.bulk_create(
         VersionParent(child=version, parent=parent) for parent in parent_versions
     )
