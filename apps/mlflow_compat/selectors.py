@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from django.db.models import F, JSONField, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Exists, F, JSONField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce, Greatest, JSONObject
 from django.utils import timezone
 
@@ -294,7 +294,10 @@ def with_mlflow_fields(queryset: QuerySet[RegisteredModel]) -> QuerySet[Register
     aliases = ModelAlias.objects.filter(model=OuterRef("pk")).values(
         v=JSONObject(alias="alias", number="version__number")
     )
-    newest = ModelVersion.objects.filter(model=OuterRef("pk"), held_stages__isnull=True)
+    # NOT EXISTS (an anti-join probing the stage index per version), not a LEFT JOIN that a
+    # generic plan may turn into a hash of every stage of every model.
+    held = Stage.objects.filter(current_version=OuterRef("pk"))
+    newest = ModelVersion.objects.filter(~Exists(held), model=OuterRef("pk"))
     return queryset.annotate(
         mlflow_stage_rows=JSONList(stages),
         mlflow_free_aliases=JSONList(aliases),

@@ -99,7 +99,22 @@ def held_q(user: Any, codename: str, ref: str = "pk") -> Q:
     teams = get_user_model().groups.through.objects.filter(user=user).values("group_id")
     users = RegisteredModelUserObjectPermission.objects.filter(user=user, **grant)
     groups = RegisteredModelGroupObjectPermission.objects.filter(group_id__in=teams, **grant)
-    return Q(Exists(users.order_by())) | Q(Exists(groups.order_by()))
+    return Q(ProbeExists(users.order_by())) | Q(ProbeExists(groups.order_by()))
+
+
+class ProbeExists(Exists):
+    """EXISTS that PostgreSQL runs as an index probe per outer row.
+
+    Under an OR, PostgreSQL may instead hash the whole subquery — every grant the user
+    holds — once per statement. For a prepared statement's generic plan it cannot see how
+    many grants that is, and picked the hash even for a single-row lookup: milliseconds that
+    grew with the user's models. `OFFSET 0` (a no-op) keeps the subquery as it is written.
+    """
+
+    template = "EXISTS(%(subquery)s OFFSET 0)"
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        return self.as_sql(compiler, connection, template="EXISTS(%(subquery)s)", **extra)
 
 
 def viewable_q(user: Any, prefix: str = "") -> Q:
