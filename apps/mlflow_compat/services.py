@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from django.db import transaction
+from django.db.models import QuerySet
 
 from apps.approvals.models import PromotionRequest, PromotionStatus, Stage
 from apps.approvals.services import promotion_request
@@ -22,6 +23,7 @@ from apps.mlflow_compat.selectors import open_promotion
 from apps.registry import services as registry
 from apps.registry.models import ModelVersion, RegisteredModel
 from registry_site.api_errors import Conflict
+from registry_site.prepared import Prepared, sentinel_int, sentinel_text
 
 ALIAS = selectors.ALIAS_SHAPE
 RESERVED_ALIAS = re.compile(r"(?i)latest|v\d+")
@@ -125,10 +127,18 @@ def version_tag_delete(*, actor: Any, version: ModelVersion, key: str) -> None:
         registry.version_update(actor=actor, version=locked, tags=tags)
 
 
-def _lock_model(model: RegisteredModel) -> None:
-    """The model row lock (nothing to load: only the lock matters; no-op on SQLite, whose
-    transactions are serialised)."""
-    list(RegisteredModel.objects.select_for_update().filter(pk=model.pk).values_list("pk"))
+def _locked_model(shape: tuple, model_id: int) -> QuerySet[RegisteredModel]:
+    return RegisteredModel.objects.select_for_update().filter(pk=model_id).only("pk")
+
+
+def _alias_row(shape: tuple, model_id: int, alias: str) -> QuerySet[ModelAlias]:
+    rows = ModelAlias.objects.filter(model_id=model_id, alias=alias).order_by()
+    return rows.select_related("version").only("model", "alias", "version", "version__number")
+
+
+# Compiled once: an alias move is a hot path of deployment pipelines.
+_LOCK_MODEL = Prepared(_locked_model, model_id=sentinel_int())
+_ALIAS_ROW = Prepared(_alias_row, model_id=sentinel_int(), alias=sentinel_text())
 
 
 @transaction.atomic
@@ -142,17 +152,18 @@ def alias_set(
     alias = check_alias(alias)
     if version.model_id != model.pk:
         raise invalid("The version belongs to another model.")
-    # The model row lock orders concurrent moves of the same alias.
-    _lock_model(model)
-    row = ModelAlias.objects.filter(model=model, alias=alias).select_related("version").first()
+    # The model row lock orders concurrent moves of the same alias (on SQLite, whose
+    # transactions are serialised, it is a plain read).
+    _LOCK_MODEL.all((), model_id=model.pk)
+    row = _ALIAS_ROW.one((), model_id=model.pk, alias=alias)
     before = row.version.number if row else None
-    if row is not None:
-        row.model = model  # the audit label names it: no query to load it again
     if row is None:
-        row = ModelAlias.objects.create(model=model, alias=alias, version=version)
+        row = ModelAlias(model=model, alias=alias, version=version)
+        row.save(force_insert=True)
     elif row.version_id != version.pk:
         row.version = version
         row.save(update_fields=["version", "updated_at"])
+    row.model = model  # the audit label names it: no query to load it again
     if before != version.number:
         audit_record(
             actor=actor,
