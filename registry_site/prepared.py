@@ -188,12 +188,15 @@ post_migrate.connect(_forget_all, dispatch_uid="registry_site.prepared.forget")
 class PreparedInsert:
     """Rows of one model inserted by a statement compiled once per process.
 
-    The statement is PostgreSQL's UNNEST form (the one Django's bulk_create uses for several
-    rows): one text for any number of rows, so the server prepares it once too. Each call only
-    stamps the auto_now(_add) fields, runs each field's `get_db_prep_save` and binds one array
-    per column; primary keys come back by RETURNING. As with bulk_create, no signals are sent
-    and values must be plain values, not expressions. On SQLite this is bulk_create.
+    Each call only stamps the auto_now(_add) fields, runs each field's `get_db_prep_save` and
+    binds the values to a statement kept per number of rows: `VALUES (…), (…)` for a few rows
+    (scalars are cheaper to send than arrays), PostgreSQL's UNNEST form beyond (one text for
+    any number of rows, as Django's bulk_create does). Primary keys come back by RETURNING.
+    As with bulk_create, no signals are sent and values must be plain values, not
+    expressions. On SQLite this is bulk_create.
     """
+
+    MAX_VALUES_ROWS = 8
 
     def __init__(self, model: type[Model], *, ignore_conflicts: bool = False) -> None:
         self.model = model
@@ -208,7 +211,7 @@ class PreparedInsert:
             for field in self.fields
             if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False)
         ]
-        self._sql: str | None = None
+        self._sql: dict[int, str] = {}  # rows (0: UNNEST) → statement
 
     def insert(
         self, objs: list[Model], using: str = "default", now: datetime | None = None
@@ -225,12 +228,20 @@ class PreparedInsert:
         if connection.vendor != "postgresql":
             manager = self.model._base_manager.db_manager(using)
             return manager.bulk_create(objs, ignore_conflicts=self.ignore_conflicts)
-        params = [
-            [field.get_db_prep_save(getattr(obj, field.attname), connection) for obj in objs]
-            for field in self.fields
+        rows = [
+            [
+                field.get_db_prep_save(getattr(obj, field.attname), connection)
+                for field in self.fields
+            ]
+            for obj in objs
         ]
+        if len(rows) <= self.MAX_VALUES_ROWS:
+            shape, params = len(rows), [value for row in rows for value in row]
+        else:
+            shape, params = 0, [list(column) for column in zip(*rows, strict=True)]
+        sql = self._sql.get(shape) or self._compile(connection, shape)
         with connection.cursor() as cursor:
-            cursor.execute(self._sql or self._compile(connection), params)
+            cursor.execute(sql, params)
             keys = [] if self.ignore_conflicts else cursor.fetchall()
         for obj, (key,) in zip(objs, keys, strict=False):
             obj.pk = key
@@ -238,18 +249,22 @@ class PreparedInsert:
             obj._state.adding, obj._state.db = False, using
         return objs
 
-    def _compile(self, connection: Any) -> str:
+    def _compile(self, connection: Any, rows: int) -> str:
         quote = connection.ops.quote_name
         columns = ", ".join(quote(field.column) for field in self.fields)
-        # Parameters (such as a varchar's length) dropped: varchar[] keeps values whole.
-        arrays = ", ".join(
-            f"(%s)::{field.db_type(connection).split('(')[0]}[]" for field in self.fields
-        )
-        sql = f"INSERT INTO {quote(self.model._meta.db_table)} ({columns}) "
-        sql += f"SELECT * FROM UNNEST({arrays})"  # noqa: S608 (names from the model, quoted)
+        if rows:
+            row = "(" + ", ".join(["%s"] * len(self.fields)) + ")"
+            source = "VALUES " + ", ".join([row] * rows)
+        else:
+            # Parameters (such as a varchar's length) dropped: varchar[] keeps values whole.
+            arrays = ", ".join(
+                f"(%s)::{field.db_type(connection).split('(')[0]}[]" for field in self.fields
+            )
+            source = f"SELECT * FROM UNNEST({arrays})"  # noqa: S608 (names from the model)
+        sql = f"INSERT INTO {quote(self.model._meta.db_table)} ({columns}) {source}"
         if self.ignore_conflicts:
             sql += " ON CONFLICT DO NOTHING"
         else:
             sql += f" RETURNING {quote(self.model._meta.pk.column)}"
-        self._sql = sql
+        self._sql[rows] = sql
         return sql

@@ -203,10 +203,12 @@ def version_create(call: Call) -> dict[str, Any]:
     }
     location = staging.staged_source(call.user, source)
     if location is not None:
-        version = staging.version_register_staged(location=location, **fields)
-    else:
-        version = services.version_register(**fields)
-    return _version_body(version)
+        # Reloaded: the copy may already have run, on commit, before this answer.
+        return _version_body(staging.version_register_staged(location=location, **fields))
+    version = services.version_register(**fields)
+    # Ready as inserted, with no stage and no alias yet: nothing more to load.
+    version.mlflow_held, version.mlflow_aliases_loaded = [], []
+    return {"model_version": version_json(version)}
 
 
 @reads

@@ -203,24 +203,27 @@ def _version_fields(**values: Any) -> dict[str, Any]:
 
 _TAKE_NUMBER = (
     "UPDATE {table} SET last_version_number = last_version_number + 1, updated_at = %s"
-    " WHERE id = %s AND archived_at IS NULL RETURNING *"
+    " WHERE id = %s AND archived_at IS NULL RETURNING last_version_number, updated_at"
 )
 
 
-def _next_number(model: RegisteredModel) -> RegisteredModel:
-    """Lock the model row and take the next number, in one UPDATE … RETURNING.
+def _next_number(model: RegisteredModel) -> int:
+    """Lock the model row and take the next number, in one UPDATE … RETURNING; `model`
+    (the caller's instance) gets the new number and `updated_at`.
 
     Concurrent creations queue on the row lock, and each reads the number the previous one
     committed, so numbers are 1, 2, 3… with no gaps or duplicates. (A rolled-back creation
     rolls its bump back too.)
     """
     table = connection.ops.quote_name(RegisteredModel._meta.db_table)
-    sql = _TAKE_NUMBER.format(table=table)
-    taken = list(RegisteredModel.objects.raw(sql, [timezone.now(), model.pk]))
-    if not taken:  # archived (or gone: the lookup below raises DoesNotExist)
+    with connection.cursor() as cursor:
+        cursor.execute(_TAKE_NUMBER.format(table=table), [timezone.now(), model.pk])
+        taken = cursor.fetchone()
+    if taken is None:  # archived (or gone: the lookup below raises DoesNotExist)
         locked = RegisteredModel.objects.get(pk=model.pk)
         raise Conflict(f"Model {locked.name} is archived; it accepts no new versions.")
-    return taken[0]
+    model.last_version_number, model.updated_at, model.archived_at = *taken, None
+    return model.last_version_number
 
 
 @transaction.atomic
@@ -257,13 +260,11 @@ def version_create(
         source=source,
     )
     parent_versions = _resolve_parents(actor, parse_parent_refs(parents))
-    locked = _next_number(model)
+    number = _next_number(model)
     state: dict[str, Any] = {}
     if external_reason is not None:
         state = {"status": VersionStatus.READY, "external_artifacts": True, "status_reason": ""}
-    version = ModelVersion(
-        model=locked, number=locked.last_version_number, created_by=actor, **fields, **state
-    )
+    version = ModelVersion(model=model, number=number, created_by=actor, **fields, **state)
     now = timezone.now()
     if external_reason is not None:
         version.sealed_at = now  # sealed the moment it is created
@@ -271,7 +272,6 @@ def version_create(
     VersionParent.objects.bulk_create(
         VersionParent(child=version, parent=parent) for parent in parent_versions
     )
-    _mirror(model, locked, ["last_version_number", "updated_at", "archived_at"])
     after = {"version": version.number, "status": VersionStatus.PENDING.value, **fields}
     after["parents"] = [str(parent) for parent in parent_versions]
     entries = [AuditEntry("version.created", target=version, changes={"after": after})]
