@@ -22,21 +22,23 @@ SYSTEM_ACTOR_NAME = "system"
 _INSERT_EVENTS = PreparedInsert(AuditEvent)
 
 
-def _lock_chain_head() -> None:
-    """Serialise appends so two transactions can never link to the same predecessor."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [CHAIN_LOCK_KEY])
-
-
 _HEAD_SQL = "SELECT hash FROM {table} ORDER BY id DESC LIMIT 1"
+# Two statements in one round trip (no parameters, so psycopg sends them as one simple
+# query). Inside the transaction each takes its own snapshot, so the head is read after the
+# lock is granted: it is the last event committed by whoever held the lock before.
+_LOCK_THEN_HEAD_SQL = "SELECT pg_advisory_xact_lock({key}); " + _HEAD_SQL
 
 
-def _chain_head() -> str:
-    """The last event's hash (a fixed statement: no queryset to build on every append)."""
+def _locked_chain_head() -> str:
+    """Serialise appends (two transactions can never link to the same predecessor) and read
+    the last event's hash. SQLite serialises write transactions itself."""
     table = connection.ops.quote_name(AuditEvent._meta.db_table)
     with connection.cursor() as cursor:
-        cursor.execute(_HEAD_SQL.format(table=table))
+        if connection.vendor == "postgresql":
+            cursor.execute(_LOCK_THEN_HEAD_SQL.format(key=int(CHAIN_LOCK_KEY), table=table))
+            cursor.nextset()
+        else:
+            cursor.execute(_HEAD_SQL.format(table=table))
         row = cursor.fetchone()
     return row[0] if row else GENESIS_HASH
 
@@ -126,8 +128,7 @@ def audit_record_many(
     # must roll back anyway), and two round trips per call are saved. Outside one, this
     # still opens a transaction, so the lock is held from the head read to the insert.
     with transaction.atomic(savepoint=False):
-        _lock_chain_head()
-        prev_hash = _chain_head()
+        prev_hash = _locked_chain_head()
         events = []
         for fields in rows:
             # Stamped under the chain lock, so event times follow chain order.

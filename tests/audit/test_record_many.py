@@ -41,10 +41,12 @@ def test_the_first_event_links_to_the_genesis(alice):
 
 
 @pytest.mark.django_db
-def test_one_lock_one_head_read_one_insert(alice, django_assert_num_queries):
+def test_one_round_trip_for_lock_and_head_then_one_insert(alice, django_assert_num_queries):
     audit_record(actor=alice, action="test.before")
-    with django_assert_num_queries(3):  # lock, head, INSERT (no webhook action: no look-up)
+    # The lock and the head read go together; no webhook action: no look-up.
+    with django_assert_num_queries(2) as queries:
         audit_record_many(actor=alice, entries=entries("test.one", "test.two", "test.three"))
+    assert queries.captured_queries[0]["sql"].startswith("SELECT pg_advisory_xact_lock(")
     assert audit_verify_chain().ok
 
 
