@@ -111,8 +111,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool(
     "DATABASE_PREPARED_STATEMENTS", default=True
 ):
-    # Server-side binding lets psycopg prepare a statement the second time a connection runs
-    # it: PostgreSQL then skips parsing and planning (~1 ms for the visibility-checked model
+    # Server-side binding lets psycopg prepare a statement once a connection has run it
+    # twice: PostgreSQL then skips parsing and planning (~1 ms for the visibility-checked model
     # lookup, more than its execution). Off behind a transaction-mode pooler that does not
     # track prepared statements (PgBouncer < 1.21): DATABASE_PREPARED_STATEMENTS=0.
     DATABASES["default"].setdefault("OPTIONS", {}).update(

@@ -67,6 +67,24 @@ def test_malformed_setting_stops_startup_naming_the_variable():
     assert "DEBUG must be a boolean" in result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(None, "True 2"), ("0", "None None")],
+)
+def test_postgresql_prepared_statements_are_on_unless_turned_off(raw, expected):
+    env = environment(SECRET_KEY="x" * 60, DATABASE_URL="postgres://regent@db.invalid/regent")
+    env.pop("DATABASE_PREPARED_STATEMENTS", None)
+    if raw is not None:
+        env["DATABASE_PREPARED_STATEMENTS"] = raw
+    show = (
+        "from django.conf import settings; options = settings.DATABASES['default']['OPTIONS']; "
+        "print(options.get('server_side_binding'), options.get('prepare_threshold'))"
+    )
+    result = manage(env, "shell", "-c", show)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == expected
+
+
 def test_production_settings_pass_the_deploy_checks():
     env = environment(
         DEBUG="0",
