@@ -231,6 +231,9 @@ MEDIA_ROOT = DATA_DIR / "media"
 FILE_UPLOAD_PERMISSIONS = 0o600
 FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o700
 REGENT_MAX_ARTIFACT_BYTES = env_int("REGENT_MAX_ARTIFACT_BYTES", 50 * 1024**3)
+# Files an MLflow run logged (mlflow-artifacts) are kept this many days, then deleted; those
+# registered as versions live on as the versions' own copies. 0 keeps them forever.
+REGENT_MLFLOW_STAGING_DAYS = env_int("REGENT_MLFLOW_STAGING_DAYS", 30)
 # JSON bodies and form posts; artifact uploads stream past this limit through their own handler.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("REGENT_MAX_JSON_BODY", 1024 * 1024)
 
@@ -265,6 +268,10 @@ CELERY_BEAT_SCHEDULE = {
     },
     "sweep-webhooks": {"task": "apps.audit.tasks.webhook_sweep_task", "schedule": 60},
     "expire-requests": {"task": "apps.approvals.tasks.expire_requests_task", "schedule": 300},
+    "expire-mlflow-staging": {
+        "task": "apps.mlflow_compat.tasks.staging_expire_task",
+        "schedule": 3600,
+    },
 }
 
 # Local development and tests only: http:// and private/loopback webhook receivers allowed.

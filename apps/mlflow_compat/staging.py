@@ -18,9 +18,11 @@ import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from functools import partial
 from typing import IO, Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -31,6 +33,7 @@ from apps.mlflow_compat.errors import RESOURCE_DOES_NOT_EXIST, MlflowError, inva
 from apps.mlflow_compat.models import LoggedModel, Run, StagedFile
 from apps.registry import services as registry
 from apps.registry.artifacts import (
+    ORPHAN_GRACE,
     ArtifactTooLarge,
     MeteredBody,
     artifact_path_key,
@@ -40,7 +43,7 @@ from apps.registry.artifacts import (
 )
 from apps.registry.models import ModelVersion, RegisteredModel, VersionStatus
 from apps.registry.paths import InvalidArtifactPath, normalize_artifact_path
-from apps.registry.storage import delete_quietly, open_stream, save_stream
+from apps.registry.storage import delete_quietly, open_stream, save_stream, stored_keys
 from apps.registry.validation import MAX_ENTRIES
 
 logger = logging.getLogger(__name__)
@@ -359,3 +362,71 @@ def version_import_failed(version_id: int, reason: str) -> None:
                 "after": {"status": VersionStatus.FAILED.value, "status_reason": reason[:1000]},
             },
         )
+
+
+# --- Retention ----------------------------------------------------------------------------------
+
+EXPIRY_BATCH = 500
+MAX_LISTED_OWNERS = 100  # run and logged model ids named in one expiry event
+
+
+def staged_files_expire(*, days: int | None = None, batch: int = EXPIRY_BATCH) -> int:
+    """Delete the staged files older than `days` (REGENT_MLFLOW_STAGING_DAYS; 0 keeps them),
+    then staging objects no row refers to (a crash mid-upload), once older than the registry's
+    orphan grace. Files registered as versions live on as the versions' own copies. Each
+    batch is one transaction audited "artifact.staging_expired"; objects go after commit.
+    Returns how many files were deleted.
+    """
+    days = settings.REGENT_MLFLOW_STAGING_DAYS if days is None else days
+    deleted = 0
+    if days > 0:
+        cutoff = timezone.now() - timedelta(days=days)
+        while count := _expire_batch(cutoff, days, batch):
+            deleted += count
+    _sweep_staging_orphans()
+    return deleted
+
+
+@transaction.atomic
+def _expire_batch(cutoff: datetime, days: int, batch: int) -> int:
+    rows = list(
+        StagedFile.objects.select_for_update(skip_locked=True)
+        .filter(created_at__lt=cutoff)
+        .order_by("pk")[:batch]
+    )
+    if not rows:
+        return 0
+    StagedFile.objects.filter(pk__in=[row.pk for row in rows]).delete()
+    runs = sorted({row.run_id for row in rows if row.run_id})
+    logged_models = sorted({row.logged_model_id for row in rows if row.logged_model_id})
+    audit_record(
+        actor=None,
+        action="artifact.staging_expired",
+        changes={
+            "files": len(rows),
+            "bytes": sum(row.size for row in rows),
+            "older_than_days": days,
+            "runs": runs[:MAX_LISTED_OWNERS],
+            "logged_models": logged_models[:MAX_LISTED_OWNERS],
+        },
+    )
+    transaction.on_commit(partial(_delete_objects, [row.storage_key for row in rows]))
+    return len(rows)
+
+
+def _delete_objects(keys: list[str]) -> None:
+    for key in keys:
+        delete_quietly(key)
+
+
+def _sweep_staging_orphans() -> int:
+    cutoff = timezone.now() - ORPHAN_GRACE
+    old = [key for key, modified in stored_keys(STAGING_PREFIX) if modified < cutoff]
+    known = set(
+        StagedFile.objects.filter(storage_key__in=old).values_list("storage_key", flat=True)
+    )
+    orphans = [key for key in old if key not in known]
+    for key in orphans:
+        logger.warning("Deleting orphaned MLflow staging object %s", key)
+        delete_quietly(key)
+    return len(orphans)

@@ -1,9 +1,14 @@
-"""MLflow background work: copy a run's logged files into the version registered from them."""
+"""MLflow background work: copy a run's logged files into the version registered from them,
+and delete logged files past their retention."""
 
 from celery import shared_task
 from django.contrib.auth import get_user_model
 
-from apps.mlflow_compat.staging import import_staged_files, version_import_failed
+from apps.mlflow_compat.staging import (
+    import_staged_files,
+    staged_files_expire,
+    version_import_failed,
+)
 
 MAX_RETRIES = 5
 
@@ -23,3 +28,9 @@ def import_staged_files_task(
             version_import_failed(version_id, f"Copying the logged files kept failing: {error}")
             return
         raise self.retry(exc=error, countdown=5 * 2**self.request.retries) from error
+
+
+@shared_task
+def staging_expire_task() -> int:
+    """Hourly (beat): staged files past REGENT_MLFLOW_STAGING_DAYS, and staging orphans."""
+    return staged_files_expire()

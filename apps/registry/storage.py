@@ -278,25 +278,26 @@ def delete_quietly(key: str) -> None:
         logger.exception("Could not delete stored object %s", key)
 
 
-def stored_keys() -> Iterator[tuple[str, datetime]]:
-    """Every object under the artifact key prefix with its last-modified time (orphan sweep)."""
+def stored_keys(prefix: str = KEY_PREFIX) -> Iterator[tuple[str, datetime]]:
+    """Every object under `prefix` (the artifact key prefix unless told) with its
+    last-modified time (orphan sweeps)."""
     storage = artifact_storage()
     if is_local(storage):
-        yield from _local_keys(storage)
+        yield from _local_keys(storage, prefix)
     else:
-        yield from _s3_keys(storage)
+        yield from _s3_keys(storage, prefix)
 
 
-def _local_keys(storage: FileSystemStorage) -> Iterator[tuple[str, datetime]]:
+def _local_keys(storage: FileSystemStorage, prefix: str) -> Iterator[tuple[str, datetime]]:
     root = Path(storage.location)
-    for path in (root / KEY_PREFIX).rglob("*"):
+    for path in (root / prefix).rglob("*"):
         if path.is_file() and not path.is_symlink():
             modified = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
             yield path.relative_to(root).as_posix(), modified
 
 
-def _s3_keys(storage: Any) -> Iterator[tuple[str, datetime]]:
+def _s3_keys(storage: Any, prefix: str) -> Iterator[tuple[str, datetime]]:
     location = storage.location.strip("/")
     base = f"{location}/" if location else ""
-    for item in storage.bucket.objects.filter(Prefix=f"{base}{KEY_PREFIX}/"):
+    for item in storage.bucket.objects.filter(Prefix=f"{base}{prefix}/"):
         yield item.key[len(base) :], item.last_modified
