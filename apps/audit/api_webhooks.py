@@ -21,6 +21,7 @@ from apps.audit.webhook_services import (
     webhook_create,
     webhook_delete,
     webhook_redeliver,
+    webhook_secret_rotate,
     webhook_update,
     webhooks_managed_by,
 )
@@ -85,6 +86,12 @@ class WebhookOut(Schema):
 class WebhookCreatedOut(WebhookOut):
     secret: str = Field(
         description="whsec_…: the signing secret, shown in this response only; store it now"
+    )
+
+
+class WebhookRotatedOut(WebhookCreatedOut):
+    previous_secret_signs_until: datetime = Field(
+        description="Until then deliveries carry a second signature, by the replaced secret"
     )
 
 
@@ -218,6 +225,22 @@ def webhook_patch(request: HttpRequest, webhook_id: int, payload: WebhookPatchIn
     values = payload.model_dump(exclude_unset=True)
     webhook = webhook_update(actor=request.auth, webhook=webhook, **values)
     return _webhook_out(access_webhook(request.auth, webhook.pk))
+
+
+@router.post(
+    WEBHOOK_PATH + "/rotate-secret", response=WebhookRotatedOut, summary="Rotate the secret"
+)
+def webhook_rotate_secret(request: HttpRequest, webhook_id: int) -> dict[str, Any]:
+    """A new signing secret, shown in this response only. For 24 hours every delivery is
+    signed with both the new and the replaced secret (two signatures in `webhook-signature`),
+    so the receiver can switch to the new one without rejecting any delivery."""
+    webhook = access_webhook(request.auth, webhook_id)
+    webhook, secret = webhook_secret_rotate(actor=request.auth, webhook=webhook)
+    return {
+        **_webhook_out(webhook),
+        "secret": secret,
+        "previous_secret_signs_until": webhook.previous_secret_until,
+    }
 
 
 @router.delete(WEBHOOK_PATH, response={204: None}, summary="Delete a webhook")

@@ -1,5 +1,7 @@
 """The audit log: append-only, hash-chained events."""
 
+from datetime import datetime
+
 from django.conf import settings
 from django.db import models
 
@@ -108,6 +110,10 @@ class Webhook(models.Model):
     # stored; it is shown once at creation and never again: not by the API, not in the
     # audit log, not in logs.
     secret = models.CharField(max_length=64, editable=False)
+    # After a rotation, the secret it replaced still signs deliveries (a second signature)
+    # until `previous_secret_until`, so receivers can switch without rejecting any.
+    previous_secret = models.CharField(max_length=64, blank=True, editable=False)
+    previous_secret_until = models.DateTimeField(null=True, blank=True, editable=False)
     active = models.BooleanField(default=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+"
@@ -126,6 +132,14 @@ class Webhook(models.Model):
     @property
     def audit_model_id(self) -> int | None:
         return self.model_id
+
+    def signing_secrets(self, now: datetime) -> list[str]:
+        """The secrets that sign a delivery now: the current one, then the one it replaced
+        while its overlap lasts."""
+        until = self.previous_secret_until
+        if self.previous_secret and until is not None and now < until:
+            return [self.secret, self.previous_secret]
+        return [self.secret]
 
 
 class DeliveryStatus(models.TextChoices):

@@ -86,15 +86,18 @@ def webhook_signature(secret: str, message_id: str, timestamp: int, body: bytes)
     return "v1," + base64.b64encode(digest).decode("ascii")
 
 
-def signed_headers(secret: str, message_id: str, body: bytes) -> dict[str, str]:
+def signed_headers(secrets: list[str], message_id: str, body: bytes) -> dict[str, str]:
+    """The delivery's headers; one signature per secret, space-separated (Standard Webhooks:
+    a receiver accepts the message if any signature verifies with its secret)."""
     timestamp = int(time.time())
+    signatures = [webhook_signature(secret, message_id, timestamp, body) for secret in secrets]
     return {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
         "Connection": "close",
         "webhook-id": message_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": webhook_signature(secret, message_id, timestamp, body),
+        "webhook-signature": " ".join(signatures),
     }
 
 
@@ -279,7 +282,8 @@ def _attempt(delivery: WebhookDelivery) -> Attempt:
         return Attempt(error="the webhook is disabled", final=True)
     body = json.dumps(delivery.payload, separators=(",", ":")).encode()
     try:
-        headers = signed_headers(webhook.secret, webhook_message_id(delivery), body)
+        secrets = webhook.signing_secrets(timezone.now())
+        headers = signed_headers(secrets, webhook_message_id(delivery), body)
     except (binascii.Error, ValueError):
         return Attempt(error="the signing secret is unusable; recreate the webhook", final=True)
     started = time.monotonic()

@@ -12,6 +12,7 @@ their own in the path or query, and the audit log is readable by every viewer of
 import base64
 import hashlib
 import secrets
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +34,8 @@ from registry_site.api_errors import Conflict
 MAX_DESCRIPTION = 1000
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 24
+# How long the secret a rotation replaces keeps signing deliveries (as a second signature).
+SECRET_OVERLAP = timedelta(hours=24)
 MAX_ID = 2**63 - 1
 
 
@@ -184,6 +187,27 @@ def webhook_update(*, actor: Any, webhook: Webhook, **values: Any) -> Webhook:
             },
         )
     return webhook
+
+
+@transaction.atomic
+def webhook_secret_rotate(*, actor: Any, webhook: Webhook) -> tuple[Webhook, str]:
+    """A new signing secret, returned once. For SECRET_OVERLAP every delivery is signed with
+    both the new and the replaced secret, so a receiver can switch to the new one without
+    rejecting a delivery; rotating again within that time drops the older secret at once.
+    The audit event names when the old secret stops signing, never a secret."""
+    webhook = _locked(webhook)
+    _ensure_may_manage(actor, webhook.model)
+    secret = new_secret()
+    webhook.previous_secret, webhook.secret = webhook.secret, secret
+    webhook.previous_secret_until = timezone.now() + SECRET_OVERLAP
+    webhook.save(update_fields=["secret", "previous_secret", "previous_secret_until"])
+    audit_record(
+        actor=actor,
+        action="webhook.secret_rotated",
+        target=webhook,
+        changes={"previous_secret_signs_until": webhook.previous_secret_until.isoformat()},
+    )
+    return webhook, secret
 
 
 @transaction.atomic

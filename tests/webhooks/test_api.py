@@ -365,6 +365,7 @@ def test_openapi_document_describes_the_new_routes(client):
         "/api/v1/webhooks/{webhook_id}",
         "/api/v1/webhooks/{webhook_id}/deliveries",
         "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
+        "/api/v1/webhooks/{webhook_id}/rotate-secret",
         "/api/v1/models/{name}/stages/{stage}/manifest",
     ):
         assert path in schema["paths"], path
