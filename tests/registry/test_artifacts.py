@@ -712,10 +712,14 @@ def test_bytes_changed_between_upload_and_verify_fail(
 
 
 def _wait_for_backend_exit(pid: int, timeout: float = 10.0) -> None:
-    """The server ends a closed session asynchronously; its locks go when its backend does."""
+    """The server ends a closed session asynchronously; its locks go when its backend does.
+
+    The test runs inside a transaction, and PostgreSQL keeps the first view of
+    pg_stat_activity for the rest of a transaction: each poll clears it to see a fresh one."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
             cursor.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid])
             if cursor.fetchone() is None:
                 return
