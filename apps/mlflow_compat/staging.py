@@ -33,17 +33,17 @@ from apps.mlflow_compat.errors import RESOURCE_DOES_NOT_EXIST, MlflowError, inva
 from apps.mlflow_compat.models import LoggedModel, Run, StagedFile
 from apps.registry import services as registry
 from apps.registry.artifacts import (
-    ORPHAN_GRACE,
     ArtifactTooLarge,
     MeteredBody,
     artifact_path_key,
     artifact_upload,
     max_artifact_bytes,
+    sweep_orphan_objects,
     version_seal,
 )
 from apps.registry.models import ModelVersion, RegisteredModel, VersionStatus
 from apps.registry.paths import InvalidArtifactPath, normalize_artifact_path
-from apps.registry.storage import delete_quietly, open_stream, save_stream, stored_keys
+from apps.registry.storage import delete_quietly, open_stream, save_stream
 from apps.registry.validation import MAX_ENTRIES
 
 logger = logging.getLogger(__name__)
@@ -383,7 +383,7 @@ def staged_files_expire(*, days: int | None = None, batch: int = EXPIRY_BATCH) -
         cutoff = timezone.now() - timedelta(days=days)
         while count := _expire_batch(cutoff, days, batch):
             deleted += count
-    _sweep_staging_orphans()
+    sweep_orphan_objects(prefix=STAGING_PREFIX, owner=StagedFile)
     return deleted
 
 
@@ -417,16 +417,3 @@ def _expire_batch(cutoff: datetime, days: int, batch: int) -> int:
 def _delete_objects(keys: list[str]) -> None:
     for key in keys:
         delete_quietly(key)
-
-
-def _sweep_staging_orphans() -> int:
-    cutoff = timezone.now() - ORPHAN_GRACE
-    old = [key for key, modified in stored_keys(STAGING_PREFIX) if modified < cutoff]
-    known = set(
-        StagedFile.objects.filter(storage_key__in=old).values_list("storage_key", flat=True)
-    )
-    orphans = [key for key in old if key not in known]
-    for key in orphans:
-        logger.warning("Deleting orphaned MLflow staging object %s", key)
-        delete_quietly(key)
-    return len(orphans)

@@ -40,7 +40,7 @@ from typing import IO, Any
 from django.conf import settings
 from django.core.exceptions import SuspiciousFileOperation
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, F, Sum
+from django.db.models import Count, F, Model, Sum
 from django.utils import timezone
 
 from apps.audit.services import audit_record
@@ -55,6 +55,7 @@ from apps.registry.paths import (
 )
 from apps.registry.storage import (
     CHUNK_SIZE,
+    KEY_PREFIX,
     delete_quietly,
     new_storage_key,
     open_seekable,
@@ -587,28 +588,36 @@ def sweep_unverified(*, older_than_minutes: int = SWEEP_AFTER_MINUTES, limit: in
     return len(stuck)
 
 
-def sweep_orphan_objects(*, grace: timedelta = ORPHAN_GRACE, batch: int = 500) -> int:
-    """Delete stored objects no Artifact row refers to, once older than `grace`.
+def sweep_orphan_objects(
+    *,
+    grace: timedelta = ORPHAN_GRACE,
+    batch: int = 500,
+    prefix: str = KEY_PREFIX,
+    owner: type[Model] = Artifact,
+) -> int:
+    """Delete stored objects under `prefix` that no `owner` row's `storage_key` refers to,
+    once older than `grace` (registry artifacts unless told; MLflow staging passes its own).
 
     They come from crashes between writing a file and committing its row, or from a caller's
-    transaction that rolled back after `artifact_upload` returned. The grace period keeps
-    uploads in flight (written, row not yet committed) safe. Returns how many were deleted.
+    transaction that rolled back after the upload returned. The grace period keeps uploads in
+    flight (written, row not yet committed) safe. Returns how many were deleted.
     """
     cutoff = timezone.now() - grace
     deleted, pending = 0, []
-    for key, modified in stored_keys():
+    for key, modified in stored_keys(prefix):
         if modified < cutoff:
             pending.append(key)
         if len(pending) >= batch:
-            deleted += _delete_unreferenced(pending)
+            deleted += _delete_unreferenced(pending, owner)
             pending = []
-    return deleted + _delete_unreferenced(pending)
+    return deleted + _delete_unreferenced(pending, owner)
 
 
-def _delete_unreferenced(keys: list[str]) -> int:
-    known = set(Artifact.objects.filter(storage_key__in=keys).values_list("storage_key", flat=True))
+def _delete_unreferenced(keys: list[str], owner: type[Model]) -> int:
+    referenced = owner._default_manager.filter(storage_key__in=keys)
+    known = set(referenced.values_list("storage_key", flat=True))
     orphans = [key for key in keys if key not in known]
     for key in orphans:
-        logger.warning("Deleting orphaned artifact object %s", key)
+        logger.warning("Deleting orphaned object %s (no %s row)", key, owner.__name__)
         delete_quietly(key)
     return len(orphans)
