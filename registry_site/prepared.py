@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import connections
-from django.db.models import Model, QuerySet
+from django.db.models import ForeignKey, Model, QuerySet
 from django.db.models.query import get_related_populators
 from django.db.models.signals import post_migrate
 from django.utils import timezone
@@ -211,7 +211,8 @@ class PreparedInsert:
             for field in self.fields
             if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False)
         ]
-        self._sql: dict[int, str] = {}  # rows (0: UNNEST) → statement
+        # rows (0: UNNEST) → statement; (before, taken) → insert_after's statement
+        self._sql: dict[Any, str] = {}
 
     def insert(
         self, objs: list[Model], using: str = "default", now: datetime | None = None
@@ -220,10 +221,7 @@ class PreparedInsert:
         moment for the whole call; the current time if not given)."""
         if not objs:
             return objs
-        now = now or timezone.now()
-        for obj in objs:
-            for field in self.stamped:
-                setattr(obj, field.attname, now)
+        self.stamp(objs, now or timezone.now())
         connection = connections[using]
         if connection.vendor != "postgresql":
             manager = self.model._base_manager.db_manager(using)
@@ -249,6 +247,70 @@ class PreparedInsert:
             obj._state.adding, obj._state.db = False, using
         return objs
 
+    def insert_after(
+        self,
+        obj: Model,
+        before: str,
+        before_params: list[Any],
+        taken: dict[str, str],
+        using: str = "default",
+        now: datetime | None = None,
+    ) -> bool:
+        """Run `before` (a statement with RETURNING, e.g. an UPDATE that takes a number) and
+        insert `obj` with the fields of `taken` ({attname: returned column}) from its row,
+        in one statement. False, and nothing inserted, when `before` returns no row. On
+        SQLite: two statements."""
+        self.stamp([obj], now or timezone.now())
+        connection = connections[using]
+        with connection.cursor() as cursor:
+            if connection.vendor != "postgresql":
+                cursor.execute(before, before_params)
+                row = cursor.fetchone()
+                if row is None:
+                    return False
+                names = [column[0] for column in cursor.description]
+                for attname, column in taken.items():
+                    setattr(obj, attname, row[names.index(column)])
+                self.insert([obj], using=using, now=now)
+                return True
+            shape = (before, tuple(taken.items()))
+            sql = self._sql.get(shape) or self._compile_after(connection, before, taken)
+            values = [
+                field.get_db_prep_save(getattr(obj, field.attname), connection)
+                for field in self.fields
+                if field.attname not in taken
+            ]
+            cursor.execute(sql, [*before_params, *values])
+            row = cursor.fetchone()
+        if row is None:
+            return False
+        obj.pk, *returned = row
+        for attname, value in zip(taken, returned, strict=True):
+            setattr(obj, attname, value)
+        obj._state.adding, obj._state.db = False, using
+        return True
+
+    def _compile_after(self, connection: Any, before: str, taken: dict[str, str]) -> str:
+        quote = connection.ops.quote_name
+        columns = ", ".join(quote(field.column) for field in self.fields)
+        values = ", ".join(
+            f"before.{quote(taken[field.attname])}" if field.attname in taken else "%s"
+            for field in self.fields
+        )
+        returned = ", ".join(quote(self.model._meta.get_field(attname).column) for attname in taken)
+        pk = quote(self.model._meta.pk.column)
+        sql = (
+            f"WITH before AS ({before}) INSERT INTO {quote(self.model._meta.db_table)}"  # noqa: S608
+            f" ({columns}) SELECT {values} FROM before RETURNING {pk}, {returned}"
+        )
+        self._sql[(before, tuple(taken.items()))] = sql
+        return sql
+
+    def stamp(self, objs: list[Model], now: datetime) -> None:
+        for obj in objs:
+            for field in self.stamped:
+                setattr(obj, field.attname, now)
+
     def _compile(self, connection: Any, rows: int) -> str:
         quote = connection.ops.quote_name
         columns = ", ".join(quote(field.column) for field in self.fields)
@@ -268,3 +330,125 @@ class PreparedInsert:
             sql += f" RETURNING {quote(self.model._meta.pk.column)}"
         self._sql[rows] = sql
         return sql
+
+
+@dataclass(frozen=True)
+class InsertStep:
+    """The rows one `PreparedInsert` adds as part of `insert_together`.
+
+    A row may point (by a foreign key set to the instance) at a row of an earlier step. When
+    that step inserts several rows, `key` names a column whose value tells them apart.
+    """
+
+    insert: PreparedInsert
+    objs: list[Model]
+    key: str | None = None
+
+
+def insert_together(*steps: InsertStep, using: str = "default") -> None:
+    """Insert rows of several models, children pointing at parents inserted alongside, in
+    one statement (one round trip): each step is a data-modifying CTE, and a foreign key to
+    an earlier step's row reads that row's new key from the CTE's RETURNING. Primary keys
+    come back as with `PreparedInsert.insert`; every auto_now(_add) field gets one moment.
+    On SQLite the steps run one after the other."""
+    now = timezone.now()
+    for step in steps:
+        step.insert.stamp(step.objs, now)
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        for step in steps:
+            for obj in step.objs:
+                obj._prepare_related_fields_for_save(operation_name="insert_together")
+            step.insert.insert(step.objs, using=using, now=now)
+        return
+    owner = {id(obj): index for index, step in enumerate(steps) for obj in step.objs}
+    shape, params = _together_shape(steps, owner, connection)
+    sql = _together_sql.get(shape) or _compile_together(steps, shape, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        returned = cursor.fetchall()
+    _assign_keys(steps, returned, using)
+
+
+# Per PreparedInsert field of each row: None (a plain value) or the index of the step whose
+# new key it takes (matched on that step's key column when it has several rows).
+_together_sql: dict[tuple, str] = {}
+
+
+def _together_shape(
+    steps: tuple[InsertStep, ...], owner: dict[int, int], connection: Any
+) -> tuple[tuple, list[Any]]:
+    shape, params = [], []
+    for step in steps:
+        rows = []
+        for obj in step.objs:
+            markers = []
+            for field in step.insert.fields:
+                parent = _inserted_parent(obj, field, owner)
+                if parent is None:
+                    markers.append(None)
+                    params.append(field.get_db_prep_save(getattr(obj, field.attname), connection))
+                    continue
+                index, parent_obj = parent
+                markers.append(index)
+                key = steps[index].key
+                if key is not None:
+                    params.append(getattr(parent_obj, key))
+            rows.append(tuple(markers))
+        shape.append((id(step.insert), step.key, tuple(rows)))
+    return tuple(shape), params
+
+
+def _inserted_parent(obj: Model, field: Any, owner: dict[int, int]) -> tuple[int, Model] | None:
+    if not isinstance(field, ForeignKey) or not field.is_cached(obj):  # incl. OneToOneField
+        return None
+    parent = field.get_cached_value(obj)
+    index = owner.get(id(parent))
+    return None if index is None else (index, parent)
+
+
+def _compile_together(steps: tuple[InsertStep, ...], shape: tuple, connection: Any) -> str:
+    quote = connection.ops.quote_name
+    ctes, selects = [], []
+    for index, (step, (_, _, rows)) in enumerate(zip(steps, shape, strict=True)):
+        model = step.insert.model
+        pk = quote(model._meta.pk.column)
+        values = ", ".join(
+            "(" + ", ".join(_together_value(marker, steps, quote) for marker in row) + ")"
+            for row in rows
+        )
+        columns = ", ".join(quote(field.column) for field in step.insert.fields)
+        returning = [pk] + ([quote(step.key)] if step.key else [])
+        sql = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES {values}"  # noqa: S608 (names from the models)
+        if step.insert.ignore_conflicts:
+            sql += " ON CONFLICT DO NOTHING"
+        sql += " RETURNING " + ", ".join(returning)
+        ctes.append(f"s{index} AS ({sql})")
+        if not step.insert.ignore_conflicts:
+            selects.append(f"SELECT {index}, {pk} FROM s{index}")  # noqa: S608 (our names)
+    statement = "WITH " + ", ".join(ctes) + " " + " UNION ALL ".join(selects)
+    _together_sql[shape] = statement
+    return statement
+
+
+def _together_value(marker: int | None, steps: tuple[InsertStep, ...], quote: Any) -> str:
+    if marker is None:
+        return "%s"
+    parent = steps[marker]
+    pk = quote(parent.insert.model._meta.pk.column)
+    if parent.key is None:
+        return f"(SELECT {pk} FROM s{marker})"  # noqa: S608 (our names)
+    return f"(SELECT {pk} FROM s{marker} WHERE {quote(parent.key)} = %s)"  # noqa: S608
+
+
+def _assign_keys(steps: tuple[InsertStep, ...], returned: list[tuple], using: str) -> None:
+    keys: dict[int, list[Any]] = {}
+    for index, key in returned:  # each step's rows in the order of its VALUES
+        keys.setdefault(index, []).append(key)
+    for index, step in enumerate(steps):
+        for obj, key in zip(step.objs, keys.get(index, []), strict=False):
+            obj.pk = key
+    for step in steps:
+        for obj in step.objs:
+            obj._prepare_related_fields_for_save(operation_name="insert_together")
+            obj._state.adding, obj._state.db = False, using

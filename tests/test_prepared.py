@@ -9,18 +9,23 @@ from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from psycopg.sql import Literal
 
-from apps.approvals.models import Stage
+from apps.approvals.models import Stage, StagePolicy
 from apps.mlflow_compat import selectors
 from apps.registry.access import _owner_permission_ids
-from apps.registry.models import RegisteredModel, RegisteredModelUserObjectPermission
+from apps.registry.models import (
+    ModelVersion,
+    RegisteredModel,
+    RegisteredModelUserObjectPermission,
+)
 from apps.registry.services import model_create
-from registry_site.prepared import PreparedInsert
+from registry_site.prepared import InsertStep, PreparedInsert, insert_together
 
 pytestmark = pytest.mark.django_db
 
 STAGES = PreparedInsert(Stage)
 MODELS = PreparedInsert(RegisteredModel)
 GRANTS = PreparedInsert(RegisteredModelUserObjectPermission, ignore_conflicts=True)
+POLICIES = PreparedInsert(StagePolicy)
 
 
 def test_rows_get_their_keys_in_order_and_are_stored_as_given(alice):
@@ -72,6 +77,68 @@ def test_ignore_conflicts_keeps_existing_rows(alice, outsider):
     GRANTS.insert(grants)
     held = RegisteredModelUserObjectPermission.objects.filter(content_object=model)
     assert held.filter(user=alice).count() == held.filter(user=outsider).count() == 3
+
+
+def test_insert_together_links_children_to_parents_in_one_statement(alice):
+    model = RegisteredModel(name="fraud", name_key="fraud", created_by=alice)
+    stages = [Stage(model=model, name=name, position=i) for i, name in enumerate(["a", "b"])]
+    policies = [
+        StagePolicy(stage=stage, required_approvals=i + 1) for i, stage in enumerate(stages)
+    ]
+    grants = [
+        RegisteredModelUserObjectPermission(user=alice, content_object=model, permission_id=pk)
+        for pk in _owner_permission_ids()
+    ]
+    steps = [
+        InsertStep(MODELS, [model]),
+        InsertStep(GRANTS, grants),
+        InsertStep(STAGES, stages, key="name"),  # several rows: children match on the name
+        InsertStep(POLICIES, policies),
+    ]
+    with CaptureQueriesContext(connection) as queries:
+        insert_together(*steps)
+    assert len(queries) == 1
+    assert RegisteredModel.objects.get(pk=model.pk).name == "fraud"
+    stored = {stage.name: stage for stage in Stage.objects.filter(model=model)}
+    assert {name: stage.pk for name, stage in stored.items()} == {s.name: s.pk for s in stages}
+    assert {
+        p.stage_id: p.required_approvals for p in StagePolicy.objects.filter(stage__model=model)
+    } == {
+        stages[0].pk: 1,
+        stages[1].pk: 2,
+    }
+    assert [policy.stage_id for policy in policies] == [stage.pk for stage in stages]
+    assert RegisteredModelUserObjectPermission.objects.filter(content_object=model).count() == 3
+    assert model.created_at == model.updated_at is not None  # stamped, one moment
+
+
+def test_insert_together_is_all_or_nothing(alice):
+    model_create(actor=alice, name="fraud")
+    copy = RegisteredModel(name="fraud", name_key="fraud", created_by=alice)
+    stages = [Stage(model=copy, name="canary", position=0)]
+    before = (RegisteredModel.objects.count(), Stage.objects.count())
+    with pytest.raises(IntegrityError), transaction.atomic():
+        insert_together(InsertStep(MODELS, [copy]), InsertStep(STAGES, stages))
+    assert (RegisteredModel.objects.count(), Stage.objects.count()) == before
+
+
+def test_insert_after_takes_a_value_from_the_statement_before(alice):
+    model = model_create(actor=alice, name="fraud")
+    table = connection.ops.quote_name(RegisteredModel._meta.db_table)
+    bump = f"UPDATE {table} SET last_version_number = last_version_number + 1"
+    bump += " WHERE id = %s AND archived_at IS NULL RETURNING last_version_number"
+    versions = PreparedInsert(ModelVersion)
+    taken = {"number": "last_version_number"}
+    for expected in (1, 2):
+        version = ModelVersion(model=model, created_by=alice)
+        with CaptureQueriesContext(connection) as queries:
+            assert versions.insert_after(version, bump, [model.pk], taken)
+        assert len(queries) == 1
+        assert (version.number, ModelVersion.objects.get(pk=version.pk).number) == (expected,) * 2
+    RegisteredModel.objects.filter(pk=model.pk).update(archived_at=datetime.now(UTC))
+    refused = ModelVersion(model=model, created_by=alice)
+    assert not versions.insert_after(refused, bump, [model.pk], taken)
+    assert refused.pk is None and model.versions.count() == 2
 
 
 def _generic_plan(queryset) -> str:

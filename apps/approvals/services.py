@@ -29,7 +29,7 @@ from apps.registry.access import can
 from apps.registry.models import ModelVersion, RegisteredModel
 from apps.registry.validation import check_text
 from registry_site.api_errors import ApiError, Conflict, Forbidden
-from registry_site.prepared import PreparedInsert
+from registry_site.prepared import InsertStep, PreparedInsert, insert_together
 
 DEFAULT_REQUIRED_APPROVALS = {"staging": 1, "production": 2}
 _INSERT_STAGES = PreparedInsert(Stage)
@@ -38,20 +38,21 @@ MAX_COMMENT = 10_000
 
 
 def stages_create_defaults(model: RegisteredModel) -> list[Stage]:
-    """`staging` and `production` with their default policies (called by `model_create`):
-    two INSERTs, whatever the number of stages."""
-    stages = _INSERT_STAGES.insert(
-        [Stage(model=model, name=name, position=position) for name, position in DEFAULT_STAGES]
-    )
-    _INSERT_POLICIES.insert(
-        [
-            StagePolicy(
-                stage=stage, required_approvals=DEFAULT_REQUIRED_APPROVALS.get(stage.name, 1)
-            )
-            for stage in stages
-        ]
-    )
-    return stages
+    """`staging` and `production` with their default policies, in one statement."""
+    steps = default_stage_steps(model)
+    insert_together(*steps)
+    return steps[0].objs
+
+
+def default_stage_steps(model: RegisteredModel) -> list[InsertStep]:
+    """The rows of `stages_create_defaults`, for `model_create` to insert with the model."""
+    stages = [Stage(model=model, name=name, position=position) for name, position in DEFAULT_STAGES]
+    policies = [
+        StagePolicy(stage=stage, required_approvals=DEFAULT_REQUIRED_APPROVALS.get(stage.name, 1))
+        for stage in stages
+    ]
+    # Policies find their stage's new id by its name, unique within the model.
+    return [InsertStep(_INSERT_STAGES, stages, key="name"), InsertStep(_INSERT_POLICIES, policies)]
 
 
 def _locked(promotion: PromotionRequest) -> PromotionRequest:

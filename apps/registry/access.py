@@ -40,7 +40,7 @@ from apps.registry.models import (
 )
 from apps.registry.paths import InvalidModelName, model_name_key, validate_model_name
 from apps.registry.validation import MAX_VERSION_NUMBER
-from registry_site.prepared import PreparedInsert
+from registry_site.prepared import InsertStep, PreparedInsert
 
 VIEW = "view_registeredmodel"
 EDIT = "change_registeredmodel"
@@ -175,16 +175,22 @@ def access_version(user: Any, name: str, number: int | str, action: str = "view"
 
 
 def grant_creator_ownership(user: Any, model: RegisteredModel) -> None:
-    """The creator of a model becomes its owner (called by `model_create`): one INSERT of
-    guardian's direct rows; a grant already there is left alone."""
-    _INSERT_GRANTS.insert(
-        [
-            RegisteredModelUserObjectPermission(
-                user=user, content_object=model, permission_id=permission_id
-            )
-            for permission_id in _owner_permission_ids()
-        ]
-    )
+    """The creator of a model becomes its owner: one INSERT of guardian's direct rows; a
+    grant already there is left alone."""
+    step = creator_ownership_step(user, model)
+    step.insert.insert(step.objs)
+
+
+def creator_ownership_step(user: Any, model: RegisteredModel) -> InsertStep:
+    """The owner grants of `grant_creator_ownership`, for `model_create` to insert with the
+    model itself."""
+    grants = [
+        RegisteredModelUserObjectPermission(
+            user=user, content_object=model, permission_id=permission_id
+        )
+        for permission_id in _owner_permission_ids()
+    ]
+    return InsertStep(_INSERT_GRANTS, grants)
 
 
 _INSERT_GRANTS = PreparedInsert(RegisteredModelUserObjectPermission, ignore_conflicts=True)

@@ -6,6 +6,7 @@ pages, MLflow endpoints) check the caller's role with `apps.registry.access` bef
 the only permission question answered here is which parent versions the actor may see.
 """
 
+from datetime import datetime
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
@@ -32,7 +33,7 @@ from apps.registry.validation import (
     parse_parent_refs,
 )
 from registry_site.api_errors import Conflict
-from registry_site.prepared import PreparedInsert
+from registry_site.prepared import InsertStep, PreparedInsert, insert_together
 
 _INSERT_MODEL = PreparedInsert(RegisteredModel)
 _INSERT_VERSION = PreparedInsert(ModelVersion)
@@ -71,12 +72,17 @@ def model_create(
         # The unique name_key decides (no look-before-insert: one query fewer, and a race
         # has the same answer). No savepoint of its own: the 409 leaves this function's
         # transaction (or savepoint) at once, which rolls the failed INSERT back.
+        # One statement: the model, its owner's grants and its default stages.
         model = RegisteredModel(name=name, name_key=name_key, created_by=actor, **fields)
-        _INSERT_MODEL.insert([model])
-    except IntegrityError:
+        insert_together(
+            InsertStep(_INSERT_MODEL, [model]),
+            access.creator_ownership_step(actor, model),
+            *_default_stage_steps(model),
+        )
+    except IntegrityError as error:
+        if not _on_model_table(error):
+            raise
         raise _name_taken(name) from None
-    access.grant_creator_ownership(actor, model)
-    _create_default_stages(model)
     audit_record(
         actor=actor,
         action="model.created",
@@ -207,23 +213,24 @@ _TAKE_NUMBER = (
 )
 
 
-def _next_number(model: RegisteredModel) -> int:
-    """Lock the model row and take the next number, in one UPDATE … RETURNING; `model`
-    (the caller's instance) gets the new number and `updated_at`.
+def _insert_numbered(version: ModelVersion, now: datetime) -> None:
+    """Lock the model row, take the next number and insert `version` with it, in one
+    statement (an UPDATE … RETURNING feeding the INSERT); `version.model` (the caller's
+    instance) gets the new number and `updated_at`.
 
     Concurrent creations queue on the row lock, and each reads the number the previous one
     committed, so numbers are 1, 2, 3… with no gaps or duplicates. (A rolled-back creation
     rolls its bump back too.)
     """
+    model = version.model
     table = connection.ops.quote_name(RegisteredModel._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.execute(_TAKE_NUMBER.format(table=table), [timezone.now(), model.pk])
-        taken = cursor.fetchone()
-    if taken is None:  # archived (or gone: the lookup below raises DoesNotExist)
+    taken = {"number": "last_version_number"}
+    before = _TAKE_NUMBER.format(table=table)
+    if not _INSERT_VERSION.insert_after(version, before, [now, model.pk], taken, now=now):
+        # archived (or gone: the lookup below raises DoesNotExist)
         locked = RegisteredModel.objects.get(pk=model.pk)
         raise Conflict(f"Model {locked.name} is archived; it accepts no new versions.")
-    model.last_version_number, model.updated_at, model.archived_at = *taken, None
-    return model.last_version_number
+    model.last_version_number, model.updated_at, model.archived_at = version.number, now, None
 
 
 @transaction.atomic
@@ -260,15 +267,14 @@ def version_create(
         source=source,
     )
     parent_versions = _resolve_parents(actor, parse_parent_refs(parents))
-    number = _next_number(model)
     state: dict[str, Any] = {}
     if external_reason is not None:
         state = {"status": VersionStatus.READY, "external_artifacts": True, "status_reason": ""}
-    version = ModelVersion(model=model, number=number, created_by=actor, **fields, **state)
+    version = ModelVersion(model=model, created_by=actor, **fields, **state)
     now = timezone.now()
     if external_reason is not None:
         version.sealed_at = now  # sealed the moment it is created
-    _INSERT_VERSION.insert([version], now=now)
+    _insert_numbered(version, now)
     VersionParent.objects.bulk_create(
         VersionParent(child=version, parent=parent) for parent in parent_versions
     )
@@ -316,7 +322,15 @@ def version_update(
     return version
 
 
-def _create_default_stages(model: RegisteredModel) -> None:
-    from apps.approvals.services import stages_create_defaults  # approvals builds on us
+def _default_stage_steps(model: RegisteredModel) -> list[InsertStep]:
+    from apps.approvals.services import default_stage_steps  # approvals builds on us
 
-    stages_create_defaults(model)
+    return default_stage_steps(model)
+
+
+def _on_model_table(error: IntegrityError) -> bool:
+    """The model row's own conflict, its unique name_key (a new id never collides); not a
+    grant's or a stage's. SQLite does not say, and there it can only be the name."""
+    diagnostics = getattr(error.__cause__, "diag", None)
+    table = getattr(diagnostics, "table_name", None)
+    return table is None or table == RegisteredModel._meta.db_table

@@ -58,18 +58,18 @@ def test_search_versions_is_two_queries(warm, django_assert_max_num_queries):
 
 
 def test_create_model_stays_small(warm, django_assert_max_num_queries):
-    # token, insert, owner grants, stages, policies, audit (lock with head, insert), and the
-    # transaction (a savepoint and its release inside the test's own).
-    with django_assert_max_num_queries(9):
+    # token, one INSERT of the model with its owner grants, stages and policies, audit (lock
+    # with head, insert), and the transaction (a savepoint and its release inside the test's).
+    with django_assert_max_num_queries(6):
         response = warm.post("/registered-models/create", {"name": "churn"})
     assert response.status_code == 200, response.content
 
 
 def test_create_version_stays_small(warm, django_assert_max_num_queries):
-    # token, model, number (UPDATE … RETURNING), version INSERT (sealed in it), the two audit
+    # token, model, number and version INSERT in one statement (sealed in it), the two audit
     # events in one append (lock with head, INSERT, webhook look-up), the transaction; no
     # reload to answer.
-    with django_assert_max_num_queries(9):
+    with django_assert_max_num_queries(8):
         response = warm.post("/model-versions/create", {"name": "fraud-detector", "source": S3})
     assert response.status_code == 200, response.content
 
