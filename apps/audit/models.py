@@ -55,6 +55,30 @@ class AuditEvent(models.Model):
         return f"#{self.pk} {self.action} {self.target_label}"
 
 
+class AuditChainHead(models.Model):
+    """The chain's newest hash, in one row that appends update (PostgreSQL).
+
+    The row lock serialises writers: a second append waits for the first to commit, then
+    PostgreSQL re-reads the row and computes from its new hash, so the lock, the head read,
+    the hashing and the INSERT are one statement (apps.audit.services). Derived state, seeded
+    from the last event: a row rewound to an older hash (or lost, which restarts at the
+    genesis) makes the next append claim a predecessor already taken, which the unique
+    `prev_hash` refuses; any other wrong hash breaks the link at the next event, which
+    `audit_verify` names. SQLite serialises write transactions itself and reads the head
+    from the events.
+    """
+
+    id = models.PositiveSmallIntegerField(primary_key=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=models.Q(id=1), name="audit_head_single")]
+
+    def __str__(self) -> str:
+        return self.hash
+
+
 class AuditCheck(models.Model):
     """The result of the last chain verifications, shown on the audit page."""
 

@@ -1,5 +1,6 @@
 """Writing audit events. Every service that changes state calls `audit_record` inside its
-own transaction, after its writes (the chain lock is then held for the shortest time)."""
+own transaction, after its writes (the chain head's row lock is then held for the shortest
+time: from the append to the commit)."""
 
 from dataclasses import dataclass
 from typing import Any
@@ -8,39 +9,85 @@ from django.db import connection, models, transaction
 from django.utils import timezone
 from django.utils.ipv6 import clean_ipv6_address
 
-from apps.audit.chain import GENESIS_HASH, ChainReport, event_hash, to_storable_json
+from apps.audit.chain import (
+    GENESIS_HASH,
+    ChainReport,
+    canonical_form,
+    event_hash,
+    to_storable_json,
+)
 from apps.audit.context import current_context
-from apps.audit.models import AuditCheck, AuditEvent
+from apps.audit.models import AuditChainHead, AuditCheck, AuditEvent
 from apps.audit.webhooks import webhook_fanout_many
-from registry_site.prepared import PreparedInsert
-
-# Any constant works: it names the one advisory lock that serialises the chain head.
-CHAIN_LOCK_KEY = 0x52454745  # "REGE"
 
 SYSTEM_ACTOR_NAME = "system"
 
-_INSERT_EVENTS = PreparedInsert(AuditEvent)
-
-
 _HEAD_SQL = "SELECT hash FROM {table} ORDER BY id DESC LIMIT 1"
-# Two statements in one round trip (no parameters, so psycopg sends them as one simple
-# query). Inside the transaction each takes its own snapshot, so the head is read after the
-# lock is granted: it is the last event committed by whoever held the lock before.
-_LOCK_THEN_HEAD_SQL = "SELECT pg_advisory_xact_lock({key}); " + _HEAD_SQL
 
 
-def _locked_chain_head() -> str:
-    """Serialise appends (two transactions can never link to the same predecessor) and read
-    the last event's hash. SQLite serialises write transactions itself."""
+def _sqlite_chain_head() -> str:
+    """The last event's hash. SQLite serialises write transactions itself."""
     table = connection.ops.quote_name(AuditEvent._meta.db_table)
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute(_LOCK_THEN_HEAD_SQL.format(key=int(CHAIN_LOCK_KEY), table=table))
-            cursor.nextset()
-        else:
-            cursor.execute(_HEAD_SQL.format(table=table))
+        cursor.execute(_HEAD_SQL.format(table=table))
         row = cursor.fetchone()
     return row[0] if row else GENESIS_HASH
+
+
+# The columns an append binds: all but the key and the two hashes, which PostgreSQL computes.
+_BOUND_FIELDS = [
+    field
+    for field in AuditEvent._meta.concrete_fields
+    if field.attname not in ("id", "prev_hash", "hash")
+]
+_append_sql: list[str] = []
+
+
+def _compile_append() -> str:
+    """One statement for any number of events: take the head row (its lock serialises
+    appends; a waiter computes from the hash the previous append committed), hash the
+    events onto it with `audit_chain_hashes`, and insert them in order."""
+    quote = connection.ops.quote_name
+    head = quote(AuditChainHead._meta.db_table)
+    columns = [quote(field.column) for field in _BOUND_FIELDS]
+    arrays = ", ".join(
+        f"%({field.attname})s::{field.db_type(connection).split('(')[0]}[]"
+        for field in _BOUND_FIELDS
+    )
+    last = "(audit_chain_hashes({prev}, %(forms)s::text[]))[cardinality(%(forms)s::text[])]"
+    events = quote(AuditEvent._meta.db_table)
+    parts = [
+        f"WITH head AS (INSERT INTO {head} AS h (id, prev_hash, hash)",
+        f"VALUES (1, %(genesis)s::text, {last.format(prev='%(genesis)s::text')})",
+        f"ON CONFLICT (id) DO UPDATE SET prev_hash = h.hash, hash = {last.format(prev='h.hash')}",
+        "RETURNING prev_hash),",
+        "chained AS (SELECT prev_hash AS first,",
+        "audit_chain_hashes(prev_hash, %(forms)s::text[]) AS hashes FROM head)",
+        f"INSERT INTO {events} ({', '.join(columns)}, prev_hash, hash)",
+        f"SELECT {', '.join('e.' + column for column in columns)},",
+        "CASE WHEN e.n = 1 THEN chained.first ELSE chained.hashes[e.n - 1] END,",
+        "chained.hashes[e.n]",
+        f"FROM chained, UNNEST({arrays}) WITH ORDINALITY AS e({', '.join(columns)}, n)",
+        "ORDER BY e.n RETURNING id, prev_hash, hash",
+    ]
+    return " ".join(parts)
+
+
+def _append(events: list[AuditEvent], forms: list[str]) -> None:
+    """Chain and insert `events` (PostgreSQL), setting their ids and hashes."""
+    if not _append_sql:
+        _append_sql.append(_compile_append())
+    params: dict[str, Any] = {"genesis": GENESIS_HASH, "forms": forms}
+    for field in _BOUND_FIELDS:
+        params[field.attname] = [
+            field.get_db_prep_save(getattr(event, field.attname), connection) for event in events
+        ]
+    with connection.cursor() as cursor:
+        cursor.execute(_append_sql[0], params)
+        rows = sorted(cursor.fetchall())  # ids follow the chain's order
+    for event, (key, prev_hash, digest) in zip(events, rows, strict=True):
+        event.pk, event.prev_hash, event.hash = key, prev_hash, digest
+        event._state.adding, event._state.db = False, "default"
 
 
 def _target_fields(target: models.Model | None) -> dict[str, Any]:
@@ -103,7 +150,7 @@ def audit_record_many(
     actor_name: str | None = None,
 ) -> list[AuditEvent]:
     """Append several events by one actor to the chain, in this order, in the caller's
-    transaction: one lock, one head read, one INSERT and one webhook look-up for them all.
+    transaction: one statement (on PostgreSQL) and one webhook look-up for them all.
     """
     context = current_context()
     common: dict[str, Any] = {
@@ -125,22 +172,29 @@ def audit_record_many(
             fields["model_id"] = entry.model_id
         rows.append(fields)
     # No savepoint: callers are always inside their own transaction (which an error here
-    # must roll back anyway), and two round trips per call are saved. Outside one, this
-    # still opens a transaction, so the lock is held from the head read to the insert.
+    # must roll back anyway). Outside one, this still opens a transaction.
     with transaction.atomic(savepoint=False):
-        prev_hash = _locked_chain_head()
-        events = []
-        for fields in rows:
-            # Stamped under the chain lock, so event times follow chain order.
-            fields["at"] = timezone.now()
-            digest = event_hash(prev_hash, fields)
-            events.append(AuditEvent(prev_hash=prev_hash, hash=digest, **fields))
-            prev_hash = digest
-        # One INSERT; PostgreSQL numbers its rows in this order, which is the chain's.
-        _INSERT_EVENTS.insert(events)
+        if connection.vendor == "postgresql":
+            for fields in rows:
+                fields["at"] = timezone.now()
+            events = [AuditEvent(**fields) for fields in rows]
+            _append(events, [canonical_form(fields) for fields in rows])
+        else:
+            events = _sqlite_append(rows)
         # Webhooks ride on the log: their outbox rows join this same transaction.
         webhook_fanout_many(events)
         return events
+
+
+def _sqlite_append(rows: list[dict[str, Any]]) -> list[AuditEvent]:
+    prev_hash = _sqlite_chain_head()
+    events = []
+    for fields in rows:
+        fields["at"] = timezone.now()
+        digest = event_hash(prev_hash, fields)
+        events.append(AuditEvent(prev_hash=prev_hash, hash=digest, **fields))
+        prev_hash = digest
+    return AuditEvent.objects.bulk_create(events)
 
 
 def audit_check_record(report: ChainReport) -> AuditCheck:

@@ -3,11 +3,11 @@
 import threading
 
 import pytest
-from django.db import connections, transaction
+from django.db import IntegrityError, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
-from apps.audit.chain import GENESIS_HASH
-from apps.audit.models import AuditEvent, Webhook, WebhookDelivery
+from apps.audit.chain import GENESIS_HASH, event_hash
+from apps.audit.models import AuditChainHead, AuditEvent, Webhook, WebhookDelivery
 from apps.audit.selectors import audit_verify_chain
 from apps.audit.services import AuditEntry, audit_record, audit_record_many
 from apps.registry.models import ModelVersion
@@ -41,13 +41,47 @@ def test_the_first_event_links_to_the_genesis(alice):
 
 
 @pytest.mark.django_db
-def test_one_round_trip_for_lock_and_head_then_one_insert(alice, django_assert_num_queries):
+def test_one_statement_appends_a_batch(alice, django_assert_num_queries):
     audit_record(actor=alice, action="test.before")
-    # The lock and the head read go together; no webhook action: no look-up.
-    with django_assert_num_queries(2) as queries:
-        audit_record_many(actor=alice, entries=entries("test.one", "test.two", "test.three"))
-    assert queries.captured_queries[0]["sql"].startswith("SELECT pg_advisory_xact_lock(")
+    # Head row, hashing and INSERT in one statement; no webhook action: no look-up.
+    with django_assert_num_queries(1) as queries:
+        events = audit_record_many(
+            actor=alice, entries=entries("test.one", "test.two", "test.three")
+        )
+    assert queries.captured_queries[0]["sql"].startswith("WITH head AS (INSERT INTO")
+    assert AuditChainHead.objects.get().hash == events[-1].hash
+    assert AuditChainHead.objects.get().prev_hash == events[0].prev_hash
     assert audit_verify_chain().ok
+
+
+@pytest.mark.django_db
+def test_postgresql_hashes_exactly_as_the_python_chain(alice):
+    awkward = 'naïve 🚀 "quoted" back\\slash\nnew line \u2028 tab\t NUL\x00 ß→SS 1e100'
+    events = audit_record_many(
+        actor=alice,
+        entries=[
+            AuditEntry("test.awkward", changes={"after": {awkward: [awkward, 1, 2.5, None]}}),
+            AuditEntry("test.plain"),
+        ],
+        actor_name=awkward.replace("\x00", ""),  # only `changes` is cleaned of NUL
+    )
+    stored = AuditEvent.objects.order_by("id")
+    assert [event.hash for event in events] == list(stored.values_list("hash", flat=True))
+    fields = stored.values()[0]
+    assert event_hash(events[0].prev_hash, fields) == events[0].hash
+    assert audit_verify_chain().ok
+
+
+@pytest.mark.django_db
+def test_a_head_row_that_does_not_match_the_log_cannot_fork_it(alice):
+    first, _ = audit_record_many(actor=alice, entries=entries("test.one", "test.two"))
+    AuditChainHead.objects.update(hash=first.hash)  # rewound: the next event would fork
+    with pytest.raises(IntegrityError), transaction.atomic():
+        audit_record(actor=alice, action="test.fork")
+    AuditChainHead.objects.all().delete()  # lost: the next event would restart the chain
+    with pytest.raises(IntegrityError), transaction.atomic():
+        audit_record(actor=alice, action="test.restart")
+    assert AuditEvent.objects.count() == 2 and audit_verify_chain().ok
 
 
 @pytest.mark.django_db
