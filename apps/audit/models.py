@@ -60,12 +60,11 @@ class AuditChainHead(models.Model):
 
     The row lock serialises writers: a second append waits for the first to commit, then
     PostgreSQL re-reads the row and computes from its new hash, so the lock, the head read,
-    the hashing and the INSERT are one statement (apps.audit.services). Derived state, seeded
-    from the last event: a row rewound to an older hash (or lost, which restarts at the
-    genesis) makes the next append claim a predecessor already taken, which the unique
-    `prev_hash` refuses; any other wrong hash breaks the link at the next event, which
-    `audit_verify` names. SQLite serialises write transactions itself and reads the head
-    from the events.
+    the hashing and the INSERT are one statement (apps.audit.services). Derived state: seeded
+    from the last event when missing; a row rewound to an older hash makes the next append
+    claim a predecessor already taken, which the unique `prev_hash` refuses, and any other
+    wrong hash breaks the link at the next event, which `audit_verify` names. SQLite
+    serialises write transactions itself and reads the head from the events.
     """
 
     id = models.PositiveSmallIntegerField(primary_key=True)

@@ -40,51 +40,69 @@ _BOUND_FIELDS = [
     for field in AuditEvent._meta.concrete_fields
     if field.attname not in ("id", "prev_hash", "hash")
 ]
-_append_sql: list[str] = []
+_append_sql: dict[int, str] = {}  # number of events → statement
 
 
-def _compile_append() -> str:
-    """One statement for any number of events: take the head row (its lock serialises
-    appends; a waiter computes from the hash the previous append committed), hash the
-    events onto it with `audit_chain_hashes`, and insert them in order."""
+def _compile_append(count: int) -> str:
+    """One statement for `count` events: update the head row (its lock serialises appends;
+    a waiter re-reads the row once the holder commits, and computes from that hash), hash
+    the events onto it with `audit_chain_hashes`, and insert them in order. No head row
+    (a new or flushed database): nothing is inserted, and `_append` seeds it."""
     quote = connection.ops.quote_name
-    head = quote(AuditChainHead._meta.db_table)
     columns = [quote(field.column) for field in _BOUND_FIELDS]
-    arrays = ", ".join(
-        f"%({field.attname})s::{field.db_type(connection).split('(')[0]}[]"
-        for field in _BOUND_FIELDS
-    )
-    last = "(audit_chain_hashes({prev}, %(forms)s::text[]))[cardinality(%(forms)s::text[])]"
-    events = quote(AuditEvent._meta.db_table)
+    casts = [f"%s::{field.db_type(connection)}" for field in _BOUND_FIELDS]
+    rows = ", ".join(f"({', '.join(casts)}, {n})" for n in range(1, count + 1))
     parts = [
-        f"WITH head AS (INSERT INTO {head} AS h (id, prev_hash, hash)",
-        f"VALUES (1, %(genesis)s::text, {last.format(prev='%(genesis)s::text')})",
-        f"ON CONFLICT (id) DO UPDATE SET prev_hash = h.hash, hash = {last.format(prev='h.hash')}",
-        "RETURNING prev_hash),",
+        f"WITH head AS (UPDATE {quote(AuditChainHead._meta.db_table)}",
+        "SET prev_hash = hash, hash = (audit_chain_hashes(hash, %s::text[]))[%s]",
+        "WHERE id = 1 RETURNING prev_hash),",
         "chained AS (SELECT prev_hash AS first,",
-        "audit_chain_hashes(prev_hash, %(forms)s::text[]) AS hashes FROM head)",
-        f"INSERT INTO {events} ({', '.join(columns)}, prev_hash, hash)",
+        "audit_chain_hashes(prev_hash, %s::text[]) AS hashes FROM head)",
+        f"INSERT INTO {quote(AuditEvent._meta.db_table)}",
+        f"({', '.join(columns)}, prev_hash, hash)",
         f"SELECT {', '.join('e.' + column for column in columns)},",
         "CASE WHEN e.n = 1 THEN chained.first ELSE chained.hashes[e.n - 1] END,",
         "chained.hashes[e.n]",
-        f"FROM chained, UNNEST({arrays}) WITH ORDINALITY AS e({', '.join(columns)}, n)",
+        f"FROM chained, (VALUES {rows}) AS e({', '.join(columns)}, n)",
         "ORDER BY e.n RETURNING id, prev_hash, hash",
     ]
-    return " ".join(parts)
+    _append_sql[count] = " ".join(parts)
+    return _append_sql[count]
+
+
+# The head as the events leave it; inserted only where there is no row yet (a concurrent
+# seeder wins, which is as good).
+_SEED_HEAD_SQL = (
+    "INSERT INTO {head} (id, prev_hash, hash)"
+    " SELECT 1, COALESCE(MAX(prev_hash), %s), COALESCE(MAX(hash), %s)"
+    " FROM (SELECT prev_hash, hash FROM {events} ORDER BY id DESC LIMIT 1) AS last"
+    " ON CONFLICT (id) DO NOTHING"
+)
 
 
 def _append(events: list[AuditEvent], forms: list[str]) -> None:
     """Chain and insert `events` (PostgreSQL), setting their ids and hashes."""
-    if not _append_sql:
-        _append_sql.append(_compile_append())
-    params: dict[str, Any] = {"genesis": GENESIS_HASH, "forms": forms}
-    for field in _BOUND_FIELDS:
-        params[field.attname] = [
-            field.get_db_prep_save(getattr(event, field.attname), connection) for event in events
+    count = len(events)
+    sql = _append_sql.get(count) or _compile_append(count)
+    params: list[Any] = [forms, count, forms]
+    for event in events:
+        params += [
+            field.get_db_prep_save(getattr(event, field.attname), connection)
+            for field in _BOUND_FIELDS
         ]
     with connection.cursor() as cursor:
-        cursor.execute(_append_sql[0], params)
-        rows = sorted(cursor.fetchall())  # ids follow the chain's order
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+        if not rows:  # no head row yet
+            quote = connection.ops.quote_name
+            seed = _SEED_HEAD_SQL.format(
+                head=quote(AuditChainHead._meta.db_table),
+                events=quote(AuditEvent._meta.db_table),
+            )
+            cursor.execute(seed, [GENESIS_HASH, GENESIS_HASH])
+            cursor.execute(sql, params)
+            rows = cursor.fetchall()
+    rows.sort()  # ids follow the chain's order
     for event, (key, prev_hash, digest) in zip(events, rows, strict=True):
         event.pk, event.prev_hash, event.hash = key, prev_hash, digest
         event._state.adding, event._state.db = False, "default"

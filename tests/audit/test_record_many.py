@@ -48,7 +48,7 @@ def test_one_statement_appends_a_batch(alice, django_assert_num_queries):
         events = audit_record_many(
             actor=alice, entries=entries("test.one", "test.two", "test.three")
         )
-    assert queries.captured_queries[0]["sql"].startswith("WITH head AS (INSERT INTO")
+    assert queries.captured_queries[0]["sql"].startswith("WITH head AS (UPDATE")
     assert AuditChainHead.objects.get().hash == events[-1].hash
     assert AuditChainHead.objects.get().prev_hash == events[0].prev_hash
     assert audit_verify_chain().ok
@@ -73,15 +73,22 @@ def test_postgresql_hashes_exactly_as_the_python_chain(alice):
 
 
 @pytest.mark.django_db
-def test_a_head_row_that_does_not_match_the_log_cannot_fork_it(alice):
+def test_a_rewound_head_row_cannot_fork_the_chain(alice):
     first, _ = audit_record_many(actor=alice, entries=entries("test.one", "test.two"))
-    AuditChainHead.objects.update(hash=first.hash)  # rewound: the next event would fork
+    AuditChainHead.objects.update(hash=first.hash)  # the next event would claim first again
     with pytest.raises(IntegrityError), transaction.atomic():
         audit_record(actor=alice, action="test.fork")
-    AuditChainHead.objects.all().delete()  # lost: the next event would restart the chain
-    with pytest.raises(IntegrityError), transaction.atomic():
-        audit_record(actor=alice, action="test.restart")
     assert AuditEvent.objects.count() == 2 and audit_verify_chain().ok
+
+
+@pytest.mark.django_db
+def test_a_missing_head_row_is_seeded_from_the_last_event(alice):
+    _, second = audit_record_many(actor=alice, entries=entries("test.one", "test.two"))
+    AuditChainHead.objects.all().delete()  # as on a database flushed, or restored without it
+    third = audit_record(actor=alice, action="test.three")
+    assert third.prev_hash == second.hash
+    assert AuditChainHead.objects.get().hash == third.hash
+    assert audit_verify_chain().ok
 
 
 @pytest.mark.django_db
