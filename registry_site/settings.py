@@ -103,12 +103,15 @@ DATABASES = {
         conn_health_checks=env_bool("DATABASE_CONN_HEALTH_CHECKS", default=True),
     )
 }
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # Django's backend with a health check that costs no round trip (registry_site/db).
+    DATABASES["default"]["ENGINE"] = "registry_site.db"
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Take the write lock when a transaction starts, so concurrent uploads wait their turn
     # instead of failing with "database is locked" when a read lock is upgraded.
     DATABASES["default"].setdefault("OPTIONS", {})["transaction_mode"] = "IMMEDIATE"
     DATABASES["default"]["OPTIONS"]["timeout"] = 20
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and env_bool(
+if DATABASES["default"]["ENGINE"] == "registry_site.db" and env_bool(
     "DATABASE_PREPARED_STATEMENTS", default=True
 ):
     # Server-side binding lets psycopg prepare a statement once a connection has run it
