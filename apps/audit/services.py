@@ -52,12 +52,16 @@ def _compile_append(count: int) -> str:
     columns = [quote(field.column) for field in _BOUND_FIELDS]
     casts = [f"%s::{field.db_type(connection)}" for field in _BOUND_FIELDS]
     rows = ", ".join(f"({', '.join(casts)}, {n})" for n in range(1, count + 1))
+    # The canonical forms as scalars: psycopg escapes a list's strings one by one in Python.
+    forms = "ARRAY[" + ", ".join(["%s::text"] * count) + "]"
     parts = [
-        f"WITH head AS (UPDATE {quote(AuditChainHead._meta.db_table)}",
-        "SET prev_hash = hash, hash = (audit_chain_hashes(hash, %s::text[]))[%s]",
+        f"WITH forms AS (SELECT {forms} AS texts),",
+        f"head AS (UPDATE {quote(AuditChainHead._meta.db_table)}",
+        "SET prev_hash = hash,",
+        f"hash = (audit_chain_hashes(hash, (SELECT texts FROM forms)))[{count}]",  # noqa: S608
         "WHERE id = 1 RETURNING prev_hash),",
         "chained AS (SELECT prev_hash AS first,",
-        "audit_chain_hashes(prev_hash, %s::text[]) AS hashes FROM head)",
+        "audit_chain_hashes(prev_hash, (SELECT texts FROM forms)) AS hashes FROM head)",
         f"INSERT INTO {quote(AuditEvent._meta.db_table)}",
         f"({', '.join(columns)}, prev_hash, hash)",
         f"SELECT {', '.join('e.' + column for column in columns)},",
@@ -84,7 +88,7 @@ def _append(events: list[AuditEvent], forms: list[str]) -> None:
     """Chain and insert `events` (PostgreSQL), setting their ids and hashes."""
     count = len(events)
     sql = _append_sql.get(count) or _compile_append(count)
-    params: list[Any] = [forms, count, forms]
+    params: list[Any] = list(forms)
     for event in events:
         params += [
             field.get_db_prep_save(getattr(event, field.attname), connection)

@@ -48,7 +48,7 @@ def test_one_statement_appends_a_batch(alice, django_assert_num_queries):
         events = audit_record_many(
             actor=alice, entries=entries("test.one", "test.two", "test.three")
         )
-    assert queries.captured_queries[0]["sql"].startswith("WITH head AS (UPDATE")
+    assert queries.captured_queries[0]["sql"].startswith("WITH forms AS (SELECT ARRAY[")
     assert AuditChainHead.objects.get().hash == events[-1].hash
     assert AuditChainHead.objects.get().prev_hash == events[0].prev_hash
     assert audit_verify_chain().ok
