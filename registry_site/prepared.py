@@ -86,9 +86,29 @@ class Prepared:
     def all(self, shape: tuple, using: str = "default", **values: Any) -> list[Any]:
         """Every row as an instance. `values` has one entry per sentinel."""
         connection = connections[using]
+        compiled = self._compiled_for(connection, using, shape)
+        if compiled is None:
+            return list(self.build(shape, **values))
+        with connection.cursor() as cursor:
+            cursor.execute(compiled.sql, self._bind(compiled, connection, values))
+            rows = cursor.fetchall()
+        return [_instance(compiled, list(row), connection, using) for row in rows]
+
+    def bound_sql(
+        self, shape: tuple, using: str = "default", **values: Any
+    ) -> tuple[str, list[Any]] | None:
+        """The SQL and parameters of this read, for a statement to embed as a subquery;
+        None where it is not compiled (SQLite, an unpreparable shape)."""
+        connection = connections[using]
+        compiled = self._compiled_for(connection, using, shape)
+        if compiled is None:
+            return None
+        return compiled.sql, self._bind(compiled, connection, values)
+
+    def _compiled_for(self, connection: Any, using: str, shape: tuple) -> "_Compiled | None":
         if connection.vendor != "postgresql":
             # The embedded default (SQLite) binds some values differently: plain ORM there.
-            return list(self.build(shape, **values))
+            return None
         compiled = self._compiled.get((using, shape))
         if compiled is None and (using, shape) not in self._plain:
             try:
@@ -97,16 +117,15 @@ class Prepared:
                 # A shape that does not use every value (a superuser's ignores user_id) or
                 # transforms one: it runs as a plain queryset, every time.
                 self._plain.add((using, shape))
-        if compiled is None:
-            return list(self.build(shape, **values))
+        return compiled
+
+    @staticmethod
+    def _bind(compiled: "_Compiled", connection: Any, values: dict[str, Any]) -> list[Any]:
         params = list(compiled.params)
         for position, (name, kind) in compiled.slots.items():
             value = _adapt(values[name], connection)
             params[position] = value if type(value) is kind else kind(value)
-        with connection.cursor() as cursor:
-            cursor.execute(compiled.sql, params)
-            rows = cursor.fetchall()
-        return [_instance(compiled, list(row), connection, using) for row in rows]
+        return params
 
     def _compile(self, using: str, shape: tuple) -> _Compiled:
         with self._lock:

@@ -17,8 +17,13 @@ from apps.audit.chain import (
     to_storable_json,
 )
 from apps.audit.context import current_context
-from apps.audit.models import AuditChainHead, AuditCheck, AuditEvent
-from apps.audit.webhooks import webhook_fanout_many
+from apps.audit.models import AuditChainHead, AuditCheck, AuditEvent, Webhook
+from apps.audit.webhooks import (
+    active_webhooks_sql,
+    webhook_fanout_many,
+    webhook_scope,
+    webhooks_from_rows,
+)
 
 SYSTEM_ACTOR_NAME = "system"
 
@@ -40,20 +45,25 @@ _BOUND_FIELDS = [
     for field in AuditEvent._meta.concrete_fields
     if field.attname not in ("id", "prev_hash", "hash")
 ]
-_append_sql: dict[int, str] = {}  # number of events → statement
+_append_sql: dict[tuple[int, str], str] = {}  # (number of events, webhook look-up) → SQL
 
 
-def _compile_append(count: int) -> str:
+def _compile_append(count: int, hooks: str) -> str:
     """One statement for `count` events: update the head row (its lock serialises appends;
     a waiter re-reads the row once the holder commits, and computes from that hash), hash
-    the events onto it with `audit_chain_hashes`, and insert them in order. No head row
-    (a new or flushed database): nothing is inserted, and `_append` seeds it."""
+    the events onto it with `audit_chain_hashes`, insert them in order and, with `hooks`
+    (the webhook look-up's SQL), return the webhooks to notify alongside. No head row (a
+    new or flushed database): nothing is inserted, and `_append` seeds it."""
     quote = connection.ops.quote_name
     columns = [quote(field.column) for field in _BOUND_FIELDS]
     casts = [f"%s::{field.db_type(connection)}" for field in _BOUND_FIELDS]
     rows = ", ".join(f"({', '.join(casts)}, {n})" for n in range(1, count + 1))
     # The canonical forms as scalars: psycopg escapes a list's strings one by one in Python.
     forms = "ARRAY[" + ", ".join(["%s::text"] * count) + "]"
+    found = "NULL"
+    if hooks:
+        found = "(SELECT json_agg(json_build_array(w.id, w.model_id, w.events))"
+        found += f" FROM ({hooks}) w)"
     parts = [
         f"WITH forms AS (SELECT {forms} AS texts),",
         f"head AS (UPDATE {quote(AuditChainHead._meta.db_table)}",
@@ -61,17 +71,18 @@ def _compile_append(count: int) -> str:
         f"hash = (audit_chain_hashes(hash, (SELECT texts FROM forms)))[{count}]",  # noqa: S608
         "WHERE id = 1 RETURNING prev_hash),",
         "chained AS (SELECT prev_hash AS first,",
-        "audit_chain_hashes(prev_hash, (SELECT texts FROM forms)) AS hashes FROM head)",
-        f"INSERT INTO {quote(AuditEvent._meta.db_table)}",
+        "audit_chain_hashes(prev_hash, (SELECT texts FROM forms)) AS hashes FROM head),",
+        f"appended AS (INSERT INTO {quote(AuditEvent._meta.db_table)}",
         f"({', '.join(columns)}, prev_hash, hash)",
         f"SELECT {', '.join('e.' + column for column in columns)},",
         "CASE WHEN e.n = 1 THEN chained.first ELSE chained.hashes[e.n - 1] END,",
         "chained.hashes[e.n]",
         f"FROM chained, (VALUES {rows}) AS e({', '.join(columns)}, n)",
-        "ORDER BY e.n RETURNING id, prev_hash, hash",
+        "ORDER BY e.n RETURNING id, prev_hash, hash)",
+        f"SELECT id, prev_hash, hash, {found} FROM appended",  # noqa: S608
     ]
-    _append_sql[count] = " ".join(parts)
-    return _append_sql[count]
+    _append_sql[(count, hooks)] = " ".join(parts)
+    return _append_sql[(count, hooks)]
 
 
 # The head as the events leave it; inserted only where there is no row yet (a concurrent
@@ -84,16 +95,21 @@ _SEED_HEAD_SQL = (
 )
 
 
-def _append(events: list[AuditEvent], forms: list[str]) -> None:
-    """Chain and insert `events` (PostgreSQL), setting their ids and hashes."""
+def _append(
+    events: list[AuditEvent], forms: list[str], hooks: tuple[str, list[Any]] | None
+) -> list[Webhook]:
+    """Chain and insert `events` (PostgreSQL), setting their ids and hashes; the webhooks
+    the `hooks` look-up finds."""
     count = len(events)
-    sql = _append_sql.get(count) or _compile_append(count)
+    hooks_sql, hooks_params = hooks or ("", [])
+    sql = _append_sql.get((count, hooks_sql)) or _compile_append(count, hooks_sql)
     params: list[Any] = list(forms)
     for event in events:
         params += [
             field.get_db_prep_save(getattr(event, field.attname), connection)
             for field in _BOUND_FIELDS
         ]
+    params += hooks_params
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -107,9 +123,10 @@ def _append(events: list[AuditEvent], forms: list[str]) -> None:
             cursor.execute(sql, params)
             rows = cursor.fetchall()
     rows.sort()  # ids follow the chain's order
-    for event, (key, prev_hash, digest) in zip(events, rows, strict=True):
+    for event, (key, prev_hash, digest, _) in zip(events, rows, strict=True):
         event.pk, event.prev_hash, event.hash = key, prev_hash, digest
         event._state.adding, event._state.db = False, "default"
+    return webhooks_from_rows(rows[0][3])
 
 
 def _target_fields(target: models.Model | None) -> dict[str, Any]:
@@ -200,11 +217,15 @@ def audit_record_many(
             for fields in rows:
                 fields["at"] = timezone.now()
             events = [AuditEvent(**fields) for fields in rows]
-            _append(events, [canonical_form(fields) for fields in rows])
+            # Webhooks ride on the log: looked up in the same statement when that can be
+            # done, their outbox rows join this same transaction.
+            scope = webhook_scope(events)
+            hooks = None if scope is None else active_webhooks_sql(scope)
+            found = _append(events, [canonical_form(fields) for fields in rows], hooks)
+            webhook_fanout_many(events, active=found if hooks else None)
         else:
             events = _sqlite_append(rows)
-        # Webhooks ride on the log: their outbox rows join this same transaction.
-        webhook_fanout_many(events)
+            webhook_fanout_many(events)
         return events
 
 

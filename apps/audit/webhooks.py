@@ -51,17 +51,45 @@ def _active_webhooks(model_ids: set[int]) -> list[Webhook]:
     return list(_active_in(Q(model_id__in=model_ids)))
 
 
+def active_webhooks_sql(model_ids: set[int]) -> tuple[str, list[Any]] | None:
+    """The look-up of `webhook_fanout_many` for events of `model_ids` as SQL (columns id,
+    model_id, events) and parameters, for the audit append to run in its own statement;
+    None where it cannot (events of several models, SQLite)."""
+    if not model_ids:
+        return _ACTIVE_GLOBAL.bound_sql(())
+    if len(model_ids) == 1:
+        return _ACTIVE_FOR_MODEL.bound_sql((), model_id=next(iter(model_ids)))
+    return None
+
+
+def webhooks_from_rows(rows: list[list[Any]] | None) -> list[Webhook]:
+    """The webhooks `active_webhooks_sql` found, as `[id, model_id, events]` rows."""
+    return [Webhook.from_db("default", ["id", "model_id", "events"], row) for row in rows or []]
+
+
+def webhook_scope(events: list[AuditEvent]) -> set[int] | None:
+    """The models whose webhooks `events` may notify, or None: no webhook action among them."""
+    if not any(event.action in WEBHOOK_EVENTS for event in events):
+        return None
+    return {event.model_id for event in events if event.model_id is not None}
+
+
 def webhook_fanout(event: AuditEvent) -> list[WebhookDelivery]:
     """Queue `event` for every subscribed endpoint; runs in the caller's transaction."""
     return webhook_fanout_many([event])
 
 
-def webhook_fanout_many(events: list[AuditEvent]) -> list[WebhookDelivery]:
-    """Queue each of `events` (in order) for its subscribed endpoints, with one look-up."""
-    events = [event for event in events if event.action in WEBHOOK_EVENTS]
-    if not events:
+def webhook_fanout_many(
+    events: list[AuditEvent], active: list[Webhook] | None = None
+) -> list[WebhookDelivery]:
+    """Queue each of `events` (in order) for its subscribed endpoints, with one look-up
+    (none when the caller passes what `active_webhooks_sql` found)."""
+    scope = webhook_scope(events)
+    if scope is None:
         return []
-    active = _active_webhooks({event.model_id for event in events if event.model_id is not None})
+    events = [event for event in events if event.action in WEBHOOK_EVENTS]
+    if active is None:
+        active = _active_webhooks(scope)
     if not active:
         return []
     deliveries = []

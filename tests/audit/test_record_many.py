@@ -165,3 +165,44 @@ def test_chain_stays_linear_with_concurrent_batches_and_single_events(alice):
     for index, action in enumerate(actions):
         if action == "test.a":
             assert actions[index + 1] == "test.b"
+
+
+def hook(alice, model=None, events=("version.created",), active=True) -> Webhook:
+    return Webhook.objects.create(
+        url="https://hooks.example.com/regent",
+        secret="s" * 32,
+        model=model,
+        events=list(events),
+        created_by=alice,
+        active=active,
+    )
+
+
+@pytest.mark.django_db
+def test_the_append_finds_the_webhooks_to_notify_in_the_same_statement(alice):
+    fraud, churn = model_create(actor=alice, name="fraud"), model_create(actor=alice, name="churn")
+    mine, everyone = hook(alice, fraud), hook(alice)
+    hook(alice, churn)  # another model's
+    hook(alice, fraud, events=("version.failed",))  # not this action
+    hook(alice, fraud, active=False)
+    entry = AuditEntry("version.created", target=fraud, model_id=fraud.pk)
+    with CaptureQueriesContext(connections["default"]) as queries:
+        (event,) = audit_record_many(actor=alice, entries=[entry])
+    lookups = [q["sql"] for q in queries.captured_queries if '"audit_webhook"' in q["sql"]]
+    assert len(lookups) == 1 and lookups[0].startswith("WITH forms AS")  # the append itself
+    notified = WebhookDelivery.objects.filter(event_id=str(event.pk))
+    assert sorted(notified.values_list("webhook_id", flat=True)) == sorted([mine.pk, everyone.pk])
+
+
+@pytest.mark.django_db
+def test_events_of_several_models_look_their_webhooks_up_apart(alice):
+    fraud, churn = model_create(actor=alice, name="fraud"), model_create(actor=alice, name="churn")
+    on_fraud, on_churn = hook(alice, fraud), hook(alice, churn)
+    entries = [
+        AuditEntry("version.created", target=fraud, model_id=fraud.pk),
+        AuditEntry("version.created", target=churn, model_id=churn.pk),
+    ]
+    first, second = audit_record_many(actor=alice, entries=entries)
+    sent = set(WebhookDelivery.objects.values_list("webhook_id", "event_id"))
+    assert sent == {(on_fraud.pk, str(first.pk)), (on_churn.pk, str(second.pk))}
+    assert audit_verify_chain().ok

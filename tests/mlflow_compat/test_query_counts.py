@@ -58,18 +58,17 @@ def test_search_versions_is_two_queries(warm, django_assert_max_num_queries):
 
 
 def test_create_model_stays_small(warm, django_assert_max_num_queries):
-    # token, one INSERT of the model with its owner grants, stages and policies, audit (lock
-    # with head, insert), and the transaction (a savepoint and its release inside the test's).
-    with django_assert_max_num_queries(6):
+    # token, one INSERT of the model with its owner grants, stages and policies, the audit
+    # append, and the transaction (a savepoint and its release inside the test's).
+    with django_assert_max_num_queries(5):
         response = warm.post("/registered-models/create", {"name": "churn"})
     assert response.status_code == 200, response.content
 
 
 def test_create_version_stays_small(warm, django_assert_max_num_queries):
     # token, model, number and version INSERT in one statement (sealed in it), the two audit
-    # events in one append (lock with head, INSERT, webhook look-up), the transaction; no
-    # reload to answer.
-    with django_assert_max_num_queries(8):
+    # events and the webhook look-up in one append, the transaction; no reload to answer.
+    with django_assert_max_num_queries(6):
         response = warm.post("/model-versions/create", {"name": "fraud-detector", "source": S3})
     assert response.status_code == 200, response.content
 
@@ -77,8 +76,8 @@ def test_create_version_stays_small(warm, django_assert_max_num_queries):
 def test_set_alias_stays_small(warm, django_assert_max_num_queries):
     create_version(warm)
     body = {"name": "fraud-detector", "alias": "champion", "version": "2"}
-    # token, version with the model's stage names, model lock, alias row, update, audit
-    # (lock with head, insert), the transaction.
-    with django_assert_max_num_queries(9):
+    # token, version with the model's stage names, model lock, alias row, update, the audit
+    # append, the transaction.
+    with django_assert_max_num_queries(8):
         response = warm.post("/registered-models/alias", body)
     assert response.status_code == 200, response.content
