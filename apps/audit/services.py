@@ -46,6 +46,7 @@ _BOUND_FIELDS = [
     if field.attname not in ("id", "prev_hash", "hash")
 ]
 _append_sql: dict[tuple[int, str], str] = {}  # (number of events, webhook look-up) → SQL
+APPEND_BATCH = 32  # events per statement: bounds the statements kept and their parameters
 
 
 def _compile_append(count: int, hooks: str) -> str:
@@ -217,11 +218,16 @@ def audit_record_many(
             for fields in rows:
                 fields["at"] = timezone.now()
             events = [AuditEvent(**fields) for fields in rows]
+            forms = [canonical_form(fields) for fields in rows]
             # Webhooks ride on the log: looked up in the same statement when that can be
             # done, their outbox rows join this same transaction.
             scope = webhook_scope(events)
-            hooks = None if scope is None else active_webhooks_sql(scope)
-            found = _append(events, [canonical_form(fields) for fields in rows], hooks)
+            hooks = None
+            if scope is not None and len(events) <= APPEND_BATCH:
+                hooks = active_webhooks_sql(scope)
+            for start in range(0, len(events), APPEND_BATCH):
+                batch = slice(start, start + APPEND_BATCH)
+                found = _append(events[batch], forms[batch], hooks)
             webhook_fanout_many(events, active=found if hooks else None)
         else:
             events = _sqlite_append(rows)

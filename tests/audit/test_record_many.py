@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from apps.audit.chain import GENESIS_HASH, event_hash
 from apps.audit.models import AuditChainHead, AuditEvent, Webhook, WebhookDelivery
 from apps.audit.selectors import audit_verify_chain
-from apps.audit.services import AuditEntry, audit_record, audit_record_many
+from apps.audit.services import APPEND_BATCH, AuditEntry, audit_record, audit_record_many
 from apps.registry.models import ModelVersion
 from apps.registry.services import model_create, version_create
 
@@ -205,4 +205,16 @@ def test_events_of_several_models_look_their_webhooks_up_apart(alice):
     first, second = audit_record_many(actor=alice, entries=entries)
     sent = set(WebhookDelivery.objects.values_list("webhook_id", "event_id"))
     assert sent == {(on_fraud.pk, str(first.pk)), (on_churn.pk, str(second.pk))}
+    assert audit_verify_chain().ok
+
+
+@pytest.mark.django_db
+def test_a_long_batch_is_appended_in_several_statements_still_in_order(alice):
+    actions = [f"test.n{index}" for index in range(APPEND_BATCH * 2 + 3)]
+    with CaptureQueriesContext(connections["default"]) as queries:
+        events = audit_record_many(actor=alice, entries=entries(*actions))
+    assert len(queries) == 3
+    stored = list(AuditEvent.objects.order_by("id").values_list("action", "hash"))
+    assert stored == [(event.action, event.hash) for event in events]
+    assert [event.action for event in events] == actions
     assert audit_verify_chain().ok
