@@ -210,11 +210,12 @@ def test_events_of_several_models_look_their_webhooks_up_apart(alice):
 
 @pytest.mark.django_db
 def test_a_long_batch_is_appended_in_several_statements_still_in_order(alice):
+    audit_record(actor=alice, action="test.before")  # seeds the head row after a flush
     actions = [f"test.n{index}" for index in range(APPEND_BATCH * 2 + 3)]
     with CaptureQueriesContext(connections["default"]) as queries:
         events = audit_record_many(actor=alice, entries=entries(*actions))
     assert len(queries) == 3
     stored = list(AuditEvent.objects.order_by("id").values_list("action", "hash"))
-    assert stored == [(event.action, event.hash) for event in events]
+    assert stored[1:] == [(event.action, event.hash) for event in events]
     assert [event.action for event in events] == actions
     assert audit_verify_chain().ok
