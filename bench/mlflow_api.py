@@ -72,6 +72,8 @@ GUNICORN_CONFIG = "registry_site/gunicorn.conf.py"
 # MLflow 3 clients and servers fetch a telemetry config from the internet: loopback only here.
 NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
+H2H_MLFLOW = "MLflow lean, side by side"
+H2H_REGENT = "Regent, side by side"
 OPERATIONS = [
     "create model",
     "create version",
@@ -102,6 +104,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", choices=["regent", "mlflow"], help="run one side only")
     parser.add_argument("--port", type=int, default=8790, help="first of the ports used")
     parser.add_argument("--keep", action="store_true", help="keep Regent's bench models")
+    parser.add_argument(
+        "--turns",
+        type=int,
+        default=25,
+        help="calls per turn when MLflow lean and Regent run side by side (0: skip that run)",
+    )
     parser.add_argument(
         "--gunicorn-config",
         default=GUNICORN_CONFIG,
@@ -555,12 +563,11 @@ def model_name(prefix: str, index: int) -> str:
     return f"{prefix}-{index:04d}"
 
 
-def run_workload(client: Any, prefix: str, work: Workload) -> dict[str, Timing]:
-    rng = random.Random(SEED)
-    timings = {operation: Timing() for operation in OPERATIONS}
-    names = [model_name(prefix, index) for index in range(work.models)]
+Phase = tuple[str, list[Callable[[], Any]], Callable[[list[Any]], None]]
 
-    # Warm-up, not timed: the first requests load code and open database connections.
+
+def warm_up(client: Any, prefix: str) -> None:
+    """Not timed: the first requests load code and open database connections."""
     warm = f"{prefix}-warm"
     client.create_model(warm)
     client.create_version(warm)
@@ -571,39 +578,104 @@ def run_workload(client: Any, prefix: str, work: Workload) -> dict[str, Timing]:
         client.search_versions(f"name = '{warm}'")
         client.set_alias(warm, 1)
 
-    timed(timings["create model"], [lambda n=n: client.create_model(n) for n in names])
-    creates = [lambda n=n: client.create_version(n) for n in names for _ in range(work.versions)]
-    numbers = timed(timings["create version"], creates)
-    if numbers[-1] != str(work.versions):
-        raise RuntimeError(f"the last version created is {numbers[-1]}, not {work.versions}")
 
-    picks = [rng.randrange(work.models) for _ in range(work.gets)]
-    timed(timings["get model"], [lambda i=i: client.get_model(names[i]) for i in picks])
-    picks = [(rng.randrange(work.models), rng.randint(1, work.versions)) for _ in range(work.gets)]
-    timed(
-        timings["get version"], [lambda i=i, v=v: client.get_version(names[i], v) for i, v in picks]
-    )
+def workload_phases(client: Any, prefix: str, work: Workload) -> list[Phase]:
+    """Per operation, in order: its calls, and a check of what they returned."""
+    rng = random.Random(SEED)
+    names = [model_name(prefix, index) for index in range(work.models)]
+
+    def last_version_is_right(numbers: list[Any]) -> None:
+        if numbers[-1] != str(work.versions):
+            raise RuntimeError(f"the last version created is {numbers[-1]}, not {work.versions}")
 
     # Models: `prefix-00d%` matches ten names out of the first hundred; versions: one model's.
     buckets = max(1, min(10, work.models // 10))
     model_filters = [f"name LIKE '{prefix}-00{i % buckets}%'" for i in range(work.searches)]
-    found = timed(
-        timings["search models"], [lambda f=f: client.search_models(f) for f in model_filters]
-    )
-    if min(found) < 1:
-        raise RuntimeError(f"a model search found nothing: {model_filters[found.index(0)]}")
-    picks = [rng.randrange(work.models) for _ in range(work.searches)]
-    version_filters = [f"name = '{names[i]}'" for i in picks]
-    found = timed(
-        timings["search versions"], [lambda f=f: client.search_versions(f) for f in version_filters]
-    )
-    if set(found) != {work.versions}:
-        raise RuntimeError(f"version searches found {sorted(set(found))}, not {work.versions}")
 
+    def every_model_search_finds(found: list[Any]) -> None:
+        if min(found) < 1:
+            raise RuntimeError(f"a model search found nothing: {model_filters[found.index(0)]}")
+
+    def every_version_search_finds_all(found: list[Any]) -> None:
+        if set(found) != {work.versions}:
+            raise RuntimeError(f"version searches found {sorted(set(found))}, not {work.versions}")
+
+    def unchecked(results: list[Any]) -> None:
+        pass
+
+    model_picks = [rng.randrange(work.models) for _ in range(work.gets)]
+    version_picks = [
+        (rng.randrange(work.models), rng.randint(1, work.versions)) for _ in range(work.gets)
+    ]
+    search_picks = [rng.randrange(work.models) for _ in range(work.searches)]
+    version_filters = [f"name = '{names[i]}'" for i in search_picks]
     # Alias moves: each of a few models' `champion` walks through its versions.
     movers = max(1, min(work.models, work.moves // work.versions))
     moves = [(j % movers, (j // movers) % work.versions + 1) for j in range(work.moves)]
-    timed(timings["set alias"], [lambda i=i, v=v: client.set_alias(names[i], v) for i, v in moves])
+    return [
+        ("create model", [lambda n=n: client.create_model(n) for n in names], unchecked),
+        (
+            "create version",
+            [lambda n=n: client.create_version(n) for n in names for _ in range(work.versions)],
+            last_version_is_right,
+        ),
+        ("get model", [lambda i=i: client.get_model(names[i]) for i in model_picks], unchecked),
+        (
+            "get version",
+            [lambda i=i, v=v: client.get_version(names[i], v) for i, v in version_picks],
+            unchecked,
+        ),
+        (
+            "search models",
+            [lambda f=f: client.search_models(f) for f in model_filters],
+            every_model_search_finds,
+        ),
+        (
+            "search versions",
+            [lambda f=f: client.search_versions(f) for f in version_filters],
+            every_version_search_finds_all,
+        ),
+        (
+            "set alias",
+            [lambda i=i, v=v: client.set_alias(names[i], v) for i, v in moves],
+            unchecked,
+        ),
+    ]
+
+
+def run_workload(client: Any, prefix: str, work: Workload) -> dict[str, Timing]:
+    warm_up(client, prefix)
+    timings = {operation: Timing() for operation in OPERATIONS}
+    for operation, calls, check in workload_phases(client, prefix, work):
+        check(timed(timings[operation], calls))
+    return timings
+
+
+def run_alternating(
+    clients: list[tuple[Any, str]], work: Workload, block: int
+) -> list[dict[str, Timing]]:
+    """The workload on several servers at once, in turns of `block` calls per operation
+    (A, B, A, B…, then B, A… for the next operation), so that whatever else the machine
+    does weighs on every server alike. Each server's ops/s counts its own turns only."""
+    for client, prefix in clients:
+        warm_up(client, prefix)
+    timings = [{operation: Timing() for operation in OPERATIONS} for _ in clients]
+    plans = [workload_phases(client, prefix, work) for client, prefix in clients]
+    for step, operation in enumerate(OPERATIONS):
+        phases = [plan[step] for plan in plans]
+        results: list[list[Any]] = [[] for _ in clients]
+        order = list(range(len(clients)))
+        if step % 2:
+            order.reverse()
+        for start in range(0, len(phases[0][1]), block):
+            for index in order:
+                turn = Timing()
+                results[index] += timed(turn, phases[index][1][start : start + block])
+                timings[index][operation].latencies += turn.latencies
+                timings[index][operation].wall += turn.wall
+            order.reverse()
+        for index, (_, _, check) in enumerate(phases):
+            check(results[index])
     return timings
 
 
@@ -701,6 +773,39 @@ def bench_regent(
     return results, figure
 
 
+def bench_head_to_head(
+    port: int, work: Workload, prefixes: tuple[str, str], token: str, config: str, block: int
+) -> list[RunResult]:
+    """MLflow lean and Regent up together, each driven with a new connection per request,
+    in alternating turns (`run_alternating`)."""
+    env = common.subprocess_env(**common.bench_env(broker=True, PORT=str(port + 1)))
+    env.pop("GUNICORN_CMD_ARGS", None)
+    servers: list[Server] = []
+    try:
+        print("Starting MLflow lean and Regent side by side…", flush=True)
+        mlflow_server = start_mlflow("mlflow-h2h", port, lean=True)
+        servers.append(mlflow_server)
+        compile_regent()
+        servers.append(start_regent_web(port + 1, env, config))
+        servers.append(start_regent_worker(env))
+        wait_until(lambda: answers(port, "/health"), mlflow_server, "MLflow /health")
+        wait_until(lambda: answers(port + 1, "/healthz"), servers[1], "gunicorn /healthz")
+        time.sleep(2)
+        clients = [
+            (FreshClient(port, None), prefixes[0]),
+            (FreshClient(port + 1, token), prefixes[1]),
+        ]
+        with common.step(f"  alternating turns of {block} calls"):
+            mlflow_timings, regent_timings = run_alternating(clients, work, block)
+    finally:
+        for server in reversed(servers):
+            server.stop()
+    return [
+        RunResult(H2H_MLFLOW, "fresh", mlflow_timings),
+        RunResult(H2H_REGENT, "fresh", regent_timings),
+    ]
+
+
 # --- Report ---------------------------------------------------------------------------------
 
 
@@ -727,8 +832,9 @@ def print_report(results: list[RunResult], figures: list[ServerFigures], work: W
             )
     common.print_table(["operation", "backend", "mode", "calls", "ops/s", "p50 ms", "p95 ms"], rows)
 
-    regent = [result for result in results if result.backend.startswith("Regent")]
-    mlflow = [result for result in results if result.backend.startswith("MLflow")]
+    sequential = [r for r in results if r.backend not in (H2H_MLFLOW, H2H_REGENT)]
+    regent = [result for result in sequential if result.backend.startswith("Regent")]
+    mlflow = [result for result in sequential if result.backend.startswith("MLflow")]
     if regent and mlflow:
         print("\nRegent ÷ MLflow's best (highest ops/s of any MLflow set-up and mode); target ≥ 2x")
         rows = []
@@ -760,6 +866,30 @@ def print_report(results: list[RunResult], figures: list[ServerFigures], work: W
                 )
         common.print_table(
             ["operation", "mode", "MLflow p50", "which", "Regent p50", "MLflow ÷ Regent"], rows
+        )
+
+    paired = {result.backend: result for result in results}
+    if H2H_MLFLOW in paired and H2H_REGENT in paired:
+        print(
+            "\nSide by side, in alternating turns, new connection per request (both servers up;"
+            " the same moments for both); target ≥ 2x"
+        )
+        rows = []
+        for operation in OPERATIONS:
+            theirs = paired[H2H_MLFLOW].timings[operation]
+            ours = paired[H2H_REGENT].timings[operation]
+            rows.append(
+                [
+                    operation,
+                    theirs.ops_per_s,
+                    theirs.pct_ms(50),
+                    ours.ops_per_s,
+                    ours.pct_ms(50),
+                    f"{ours.ops_per_s / theirs.ops_per_s:.2f}x",
+                ]
+            )
+        common.print_table(
+            ["operation", "MLflow ops/s", "p50 ms", "Regent ops/s", "p50 ms", "ratio"], rows
         )
 
     print("\nStart-up (process start → first 200 from the health URL) and memory (process trees)")
@@ -826,6 +956,15 @@ def main(argv: list[str] | None = None) -> None:
             )
             results += found
             figures.append(figure)
+        if args.only is None and args.turns:
+            results += bench_head_to_head(
+                args.port + 3,
+                work,
+                (f"bh-{run_id}", f"{regent_prefix}-h2h"),
+                token,
+                args.gunicorn_config,
+                args.turns,
+            )
     finally:
         if not args.keep and args.only != "mlflow":
             cleanup_regent(regent_prefix)
