@@ -414,7 +414,8 @@ def _together_shape(
                 if key is not None:
                     params.append(getattr(parent_obj, key))
             rows.append(tuple(markers))
-        shape.append((id(step.insert), step.key, tuple(rows)))
+        insert = step.insert
+        shape.append((insert.model._meta.label, insert.ignore_conflicts, step.key, tuple(rows)))
     return tuple(shape), params
 
 
@@ -429,7 +430,7 @@ def _inserted_parent(obj: Model, field: Any, owner: dict[int, int]) -> tuple[int
 def _compile_together(steps: tuple[InsertStep, ...], shape: tuple, connection: Any) -> str:
     quote = connection.ops.quote_name
     ctes, selects = [], []
-    for index, (step, (_, _, rows)) in enumerate(zip(steps, shape, strict=True)):
+    for index, (step, (*_, rows)) in enumerate(zip(steps, shape, strict=True)):
         model = step.insert.model
         pk = quote(model._meta.pk.column)
         values = ", ".join(
