@@ -230,6 +230,8 @@ class PreparedInsert:
             for field in self.fields
             if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False)
         ]
+        # incl. OneToOneField; `insert_together` looks only at these for parents
+        self.foreign_keys = {field for field in self.fields if isinstance(field, ForeignKey)}
         # rows (0: UNNEST) → statement; (before, taken) → insert_after's statement
         self._sql: dict[Any, str] = {}
 
@@ -381,12 +383,13 @@ def insert_together(*steps: InsertStep, using: str = "default") -> None:
             step.insert.insert(step.objs, using=using, now=now)
         return
     owner = {id(obj): index for index, step in enumerate(steps) for obj in step.objs}
-    shape, params = _together_shape(steps, owner, connection)
+    links: list[tuple[Model, str, Model]] = []
+    shape, params = _together_shape(steps, owner, links, connection)
     sql = _together_sql.get(shape) or _compile_together(steps, shape, connection)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         returned = cursor.fetchall()
-    _assign_keys(steps, returned, using)
+    _assign_keys(steps, returned, links, using)
 
 
 # Per PreparedInsert field of each row: None (a plain value) or the index of the step whose
@@ -395,20 +398,27 @@ _together_sql: dict[tuple, str] = {}
 
 
 def _together_shape(
-    steps: tuple[InsertStep, ...], owner: dict[int, int], connection: Any
+    steps: tuple[InsertStep, ...],
+    owner: dict[int, int],
+    links: list[tuple[Model, str, Model]],
+    connection: Any,
 ) -> tuple[tuple, list[Any]]:
+    """The statement's shape and parameters; `links` gets (child, attname, parent) for each
+    foreign key that points at a row inserted alongside."""
     shape, params = [], []
     for step in steps:
         rows = []
+        foreign_keys = step.insert.foreign_keys
         for obj in step.objs:
             markers = []
             for field in step.insert.fields:
-                parent = _inserted_parent(obj, field, owner)
+                parent = _inserted_parent(obj, field, owner) if field in foreign_keys else None
                 if parent is None:
                     markers.append(None)
                     params.append(field.get_db_prep_save(getattr(obj, field.attname), connection))
                     continue
                 index, parent_obj = parent
+                links.append((obj, field.attname, parent_obj))
                 markers.append(index)
                 key = steps[index].key
                 if key is not None:
@@ -420,7 +430,7 @@ def _together_shape(
 
 
 def _inserted_parent(obj: Model, field: Any, owner: dict[int, int]) -> tuple[int, Model] | None:
-    if not isinstance(field, ForeignKey) or not field.is_cached(obj):  # incl. OneToOneField
+    if not field.is_cached(obj):
         return None
     parent = field.get_cached_value(obj)
     index = owner.get(id(parent))
@@ -461,14 +471,19 @@ def _together_value(marker: int | None, steps: tuple[InsertStep, ...], quote: An
     return f"(SELECT {pk} FROM s{marker} WHERE {quote(parent.key)} = %s)"  # noqa: S608
 
 
-def _assign_keys(steps: tuple[InsertStep, ...], returned: list[tuple], using: str) -> None:
+def _assign_keys(
+    steps: tuple[InsertStep, ...],
+    returned: list[tuple],
+    links: list[tuple[Model, str, Model]],
+    using: str,
+) -> None:
     keys: dict[int, list[Any]] = {}
     for index, key in returned:  # each step's rows in the order of its VALUES
         keys.setdefault(index, []).append(key)
     for index, step in enumerate(steps):
         for obj, key in zip(step.objs, keys.get(index, []), strict=False):
             obj.pk = key
-    for step in steps:
         for obj in step.objs:
-            obj._prepare_related_fields_for_save(operation_name="insert_together")
             obj._state.adding, obj._state.db = False, using
+    for child, attname, parent in links:  # the parent's new key, as save() would copy it
+        setattr(child, attname, parent.pk)
