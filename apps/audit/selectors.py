@@ -6,7 +6,7 @@ may not view.
 """
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +17,7 @@ from django.http import Http404
 
 from apps.audit.chain import CHAINED_FIELDS, ChainReport, verify_rows
 from apps.audit.links import object_url
-from apps.audit.models import AuditCheck, AuditEvent
+from apps.audit.models import AuditChainHead, AuditCheck, AuditEvent
 from apps.registry.access import models_visible_to
 from apps.registry.models import RegisteredModel
 from apps.registry.paths import model_name_key
@@ -41,7 +41,22 @@ def chain_rows(chunk_size: int = 5000) -> Iterator[dict[str, Any]]:
 
 
 def audit_verify_chain() -> ChainReport:
-    return verify_rows(chain_rows())
+    report = verify_rows(chain_rows())
+    return _check_head_row(report) if report.ok else report
+
+
+def _check_head_row(report: ChainReport) -> ChainReport:
+    """The row appends build on (PostgreSQL) must hold the last event's hash: any other
+    hash would make the next append refused or break its link. No row yet is fine (the
+    next append seeds it from the last event)."""
+    head = AuditChainHead.objects.filter(pk=1).values_list("hash", flat=True).first()
+    if head is None or head == report.head_hash:
+        return report
+    message = (
+        f"the head row (audit_auditchainhead), which holds {head[:12]}… instead of the last "
+        f"event's {report.head_hash[:12]}…; delete that row and the next append re-seeds it"
+    )
+    return replace(report, ok=False, message=message)
 
 
 def audit_latest_check() -> AuditCheck | None:

@@ -3,6 +3,7 @@
 import threading
 
 import pytest
+from django.core.management import CommandError, call_command
 from django.db import IntegrityError, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
@@ -78,7 +79,24 @@ def test_a_rewound_head_row_cannot_fork_the_chain(alice):
     AuditChainHead.objects.update(hash=first.hash)  # the next event would claim first again
     with pytest.raises(IntegrityError), transaction.atomic():
         audit_record(actor=alice, action="test.fork")
-    assert AuditEvent.objects.count() == 2 and audit_verify_chain().ok
+    assert AuditEvent.objects.count() == 2
+    report = audit_verify_chain()  # the events are intact; the head row is named
+    assert not report.ok and report.events_checked == 2 and "head row" in report.message
+
+
+@pytest.mark.django_db
+def test_verification_names_a_head_row_that_does_not_hold_the_last_hash(alice):
+    audit_record_many(actor=alice, entries=entries("test.one", "test.two"))
+    AuditChainHead.objects.update(hash="f" * 64)
+    report = audit_verify_chain()
+    assert not report.ok and report.events_checked == 2
+    assert report.message.startswith("the head row (audit_auditchainhead)")
+    with pytest.raises(CommandError, match="BROKEN at the head row"):
+        call_command("audit_verify")
+    AuditChainHead.objects.all().delete()  # the documented repair
+    assert audit_verify_chain().ok
+    audit_record(actor=alice, action="test.after")
+    assert audit_verify_chain().ok
 
 
 @pytest.mark.django_db
