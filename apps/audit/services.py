@@ -214,32 +214,35 @@ def audit_record_many(
     # No savepoint: callers are always inside their own transaction (which an error here
     # must roll back anyway). Outside one, this still opens a transaction.
     with transaction.atomic(savepoint=False):
+        for fields in rows:
+            fields["at"] = timezone.now()
         if connection.vendor == "postgresql":
-            for fields in rows:
-                fields["at"] = timezone.now()
-            events = [AuditEvent(**fields) for fields in rows]
-            forms = [canonical_form(fields) for fields in rows]
-            # Webhooks ride on the log: looked up in the same statement when that can be
-            # done, their outbox rows join this same transaction.
-            scope = webhook_scope(events)
-            hooks = None
-            if scope is not None and len(events) <= APPEND_BATCH:
-                hooks = active_webhooks_sql(scope)
-            for start in range(0, len(events), APPEND_BATCH):
-                batch = slice(start, start + APPEND_BATCH)
-                found = _append(events[batch], forms[batch], hooks)
-            webhook_fanout_many(events, active=found if hooks else None)
-        else:
-            events = _sqlite_append(rows)
-            webhook_fanout_many(events)
+            return _postgres_append(rows)
+        events = _sqlite_append(rows)
+        webhook_fanout_many(events)
         return events
+
+
+def _postgres_append(rows: list[dict[str, Any]]) -> list[AuditEvent]:
+    """`_append` in batches; webhooks ride on the log, looked up in the same statement when
+    that can be done, and their outbox rows join this same transaction."""
+    events = [AuditEvent(**fields) for fields in rows]
+    forms = [canonical_form(fields) for fields in rows]
+    scope = webhook_scope(events)
+    hooks = None
+    if scope is not None and len(events) <= APPEND_BATCH:
+        hooks = active_webhooks_sql(scope)
+    for start in range(0, len(events), APPEND_BATCH):
+        batch = slice(start, start + APPEND_BATCH)
+        found = _append(events[batch], forms[batch], hooks)
+    webhook_fanout_many(events, active=found if hooks else None)
+    return events
 
 
 def _sqlite_append(rows: list[dict[str, Any]]) -> list[AuditEvent]:
     prev_hash = _sqlite_chain_head()
     events = []
     for fields in rows:
-        fields["at"] = timezone.now()
         digest = event_hash(prev_hash, fields)
         events.append(AuditEvent(prev_hash=prev_hash, hash=digest, **fields))
         prev_hash = digest
