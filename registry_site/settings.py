@@ -62,6 +62,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "registry_site.middleware.MlflowLaneMiddleware",  # MLflow's API: MLFLOW_LANE_MIDDLEWARE
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -74,6 +75,17 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "registry_site.middleware.ApiErrorMiddleware",
     "axes.middleware.AxesMiddleware",
+]
+
+# The MLflow-compatible JSON API (registry_site/mlflow_urls.py) skips what it never uses —
+# static files, sessions, CSRF (Bearer/Basic only), messages, slash redirects — and keeps the
+# same security headers, audit context and error shape (docs/ARCHITECTURE.md).
+MLFLOW_LANE_MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "apps.audit.middleware.RequestContextMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "registry_site.middleware.ApiErrorMiddleware",
 ]
 
 ROOT_URLCONF = "registry_site.urls"
