@@ -372,24 +372,98 @@ def insert_together(*steps: InsertStep, using: str = "default") -> None:
     an earlier step's row reads that row's new key from the CTE's RETURNING. Primary keys
     come back as with `PreparedInsert.insert`; every auto_now(_add) field gets one moment.
     On SQLite the steps run one after the other."""
-    now = timezone.now()
-    for step in steps:
-        step.insert.stamp(step.objs, now)
     connection = connections[using]
     if connection.vendor != "postgresql":
-        for step in steps:
-            for obj in step.objs:
-                obj._prepare_related_fields_for_save(operation_name="insert_together")
-            step.insert.insert(step.objs, using=using, now=now)
+        insert_one_by_one(steps, using)
         return
-    owner = {id(obj): index for index, step in enumerate(steps) for obj in step.objs}
-    links: list[tuple[Model, str, Model]] = []
-    shape, params = _together_shape(steps, owner, links, connection)
-    sql = _together_sql.get(shape) or _compile_together(steps, shape, connection)
+    plan = TogetherPlan(steps, connection)
+    sql = _together_sql.get(plan.shape) or _compile_together(plan)
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        returned = cursor.fetchall()
-    _assign_keys(steps, returned, links, using)
+        cursor.execute(sql, plan.params)
+        plan.assign_keys(cursor.fetchall(), using)
+
+
+def insert_one_by_one(steps: tuple[InsertStep, ...], using: str = "default") -> None:
+    """`insert_together` where the database cannot chain data-modifying CTEs (SQLite)."""
+    now = timezone.now()
+    for step in steps:
+        for obj in step.objs:
+            obj._prepare_related_fields_for_save(operation_name="insert_together")
+        step.insert.insert(step.objs, using=using, now=now)
+
+
+class TogetherPlan:
+    """The CTEs of `insert_together` for these steps (PostgreSQL), for a statement that may
+    do more with the new rows (see `apps.audit.services.insert_and_record`).
+
+    `shape` identifies the SQL (cache it by that); `params` are its parameters, in order;
+    `ctes()` and `selects()` are the statement's parts (`sN AS (…)` and `SELECT N, key FROM
+    sN`); `key_of(obj)` is an SQL expression for the new key of a row inserted here, and
+    `assign_keys(rows)` sets the keys from the rows the selects returned.
+    """
+
+    def __init__(self, steps: tuple[InsertStep, ...], connection: Any) -> None:
+        now = timezone.now()
+        for step in steps:
+            step.insert.stamp(step.objs, now)
+        self.steps = steps
+        self.connection = connection
+        self.owner = {id(obj): index for index, step in enumerate(steps) for obj in step.objs}
+        self.links: list[tuple[Model, str, Model]] = []
+        self.shape, self.params = _together_shape(steps, self.owner, self.links, connection)
+
+    def inserts(self, obj: Any) -> bool:
+        return id(obj) in self.owner
+
+    def key_of(self, obj: Model) -> tuple[str, list[Any]]:
+        """An SQL expression for `obj`'s new key, and its parameters."""
+        index = self.owner[id(obj)]
+        return _together_value(index, self.steps, self.connection.ops.quote_name), (
+            [] if self.steps[index].key is None else [getattr(obj, self.steps[index].key)]
+        )
+
+    def ctes(self) -> list[str]:
+        return self._parts()[0]
+
+    def selects(self, padding: int = 0) -> list[str]:
+        """`SELECT N, key FROM sN` per step that returns keys, with `padding` NULL columns
+        after the key (to share a UNION with wider rows)."""
+        return [select.format(pad=", NULL" * padding) for select in self._parts()[1]]
+
+    def _parts(self) -> tuple[list[str], list[str]]:
+        quote = self.connection.ops.quote_name
+        ctes, selects = [], []
+        for index, (step, (*_, rows)) in enumerate(zip(self.steps, self.shape, strict=True)):
+            model = step.insert.model
+            pk = quote(model._meta.pk.column)
+            values = ", ".join(
+                "(" + ", ".join(_together_value(marker, self.steps, quote) for marker in row) + ")"
+                for row in rows
+            )
+            columns = ", ".join(quote(field.column) for field in step.insert.fields)
+            returning = [pk] + ([quote(step.key)] if step.key else [])
+            sql = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES {values}"  # noqa: S608 (names from the models)
+            if step.insert.ignore_conflicts:
+                sql += " ON CONFLICT DO NOTHING"
+            sql += " RETURNING " + ", ".join(returning)
+            ctes.append(f"s{index} AS ({sql})")
+            if not step.insert.ignore_conflicts:
+                selects.append(f"SELECT {index}, {pk}{{pad}} FROM s{index}")  # noqa: S608
+        return ctes, selects
+
+    def assign_keys(self, returned: list[tuple], using: str = "default") -> None:
+        """Set the new keys from (step index, key) rows, each step's in its VALUES order,
+        and copy each parent's key to its children, as save() would."""
+        keys: dict[int, list[Any]] = {}
+        for index, key in returned:
+            keys.setdefault(index, []).append(key)
+        for index, step in enumerate(self.steps):
+            for obj, key in zip(step.objs, keys.get(index, []), strict=False):
+                obj.pk = key
+            for obj in step.objs:
+                obj._state.adding, obj._state.db = False, using
+        for child, attname, parent in self.links:
+            setattr(child, attname, parent.pk)
 
 
 # Per PreparedInsert field of each row: None (a plain value) or the index of the step whose
@@ -437,27 +511,9 @@ def _inserted_parent(obj: Model, field: Any, owner: dict[int, int]) -> tuple[int
     return None if index is None else (index, parent)
 
 
-def _compile_together(steps: tuple[InsertStep, ...], shape: tuple, connection: Any) -> str:
-    quote = connection.ops.quote_name
-    ctes, selects = [], []
-    for index, (step, (*_, rows)) in enumerate(zip(steps, shape, strict=True)):
-        model = step.insert.model
-        pk = quote(model._meta.pk.column)
-        values = ", ".join(
-            "(" + ", ".join(_together_value(marker, steps, quote) for marker in row) + ")"
-            for row in rows
-        )
-        columns = ", ".join(quote(field.column) for field in step.insert.fields)
-        returning = [pk] + ([quote(step.key)] if step.key else [])
-        sql = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES {values}"  # noqa: S608 (names from the models)
-        if step.insert.ignore_conflicts:
-            sql += " ON CONFLICT DO NOTHING"
-        sql += " RETURNING " + ", ".join(returning)
-        ctes.append(f"s{index} AS ({sql})")
-        if not step.insert.ignore_conflicts:
-            selects.append(f"SELECT {index}, {pk} FROM s{index}")  # noqa: S608 (our names)
-    statement = "WITH " + ", ".join(ctes) + " " + " UNION ALL ".join(selects)
-    _together_sql[shape] = statement
+def _compile_together(plan: TogetherPlan) -> str:
+    statement = "WITH " + ", ".join(plan.ctes()) + " " + " UNION ALL ".join(plan.selects())
+    _together_sql[plan.shape] = statement
     return statement
 
 
@@ -469,21 +525,3 @@ def _together_value(marker: int | None, steps: tuple[InsertStep, ...], quote: An
     if parent.key is None:
         return f"(SELECT {pk} FROM s{marker})"  # noqa: S608 (our names)
     return f"(SELECT {pk} FROM s{marker} WHERE {quote(parent.key)} = %s)"  # noqa: S608
-
-
-def _assign_keys(
-    steps: tuple[InsertStep, ...],
-    returned: list[tuple],
-    links: list[tuple[Model, str, Model]],
-    using: str,
-) -> None:
-    keys: dict[int, list[Any]] = {}
-    for index, key in returned:  # each step's rows in the order of its VALUES
-        keys.setdefault(index, []).append(key)
-    for index, step in enumerate(steps):
-        for obj, key in zip(step.objs, keys.get(index, []), strict=False):
-            obj.pk = key
-        for obj in step.objs:
-            obj._state.adding, obj._state.db = False, using
-    for child, attname, parent in links:  # the parent's new key, as save() would copy it
-        setattr(child, attname, parent.pk)

@@ -5,7 +5,7 @@ time: from the append to the commit)."""
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connection, models, transaction
+from django.db import DatabaseError, connection, models, transaction
 from django.utils import timezone
 from django.utils.ipv6 import clean_ipv6_address
 
@@ -13,17 +13,20 @@ from apps.audit.chain import (
     GENESIS_HASH,
     ChainReport,
     canonical_form,
+    canonical_form_parts,
     event_hash,
     to_storable_json,
 )
 from apps.audit.context import current_context
 from apps.audit.models import AuditChainHead, AuditCheck, AuditEvent, Webhook
 from apps.audit.webhooks import (
+    WEBHOOK_EVENTS,
     active_webhooks_sql,
     webhook_fanout_many,
     webhook_scope,
     webhooks_from_rows,
 )
+from registry_site.prepared import InsertStep, TogetherPlan, insert_together
 
 SYSTEM_ACTOR_NAME = "system"
 
@@ -55,35 +58,55 @@ def _compile_append(count: int, hooks: str) -> str:
     the events onto it with `audit_chain_hashes`, insert them in order and, with `hooks`
     (the webhook look-up's SQL), return the webhooks to notify alongside. No head row (a
     new or flushed database): nothing is inserted, and `_append` seeds it."""
-    quote = connection.ops.quote_name
-    columns = [quote(field.column) for field in _BOUND_FIELDS]
-    casts = [f"%s::{field.db_type(connection)}" for field in _BOUND_FIELDS]
-    rows = ", ".join(f"({', '.join(casts)}, {n})" for n in range(1, count + 1))
-    # The canonical forms as scalars: psycopg escapes a list's strings one by one in Python.
-    forms = "ARRAY[" + ", ".join(["%s::text"] * count) + "]"
+    row = [_cast(field) for field in _BOUND_FIELDS]
+    ctes = _append_ctes(["%s::text"] * count, [row] * count, head_required=False)
     found = "NULL"
     if hooks:
         found = "(SELECT json_agg(json_build_array(w.id, w.model_id, w.events))"
         found += f" FROM ({hooks}) w)"
-    parts = [
-        f"WITH forms AS (SELECT {forms} AS texts),",
-        f"head AS (UPDATE {quote(AuditChainHead._meta.db_table)}",
-        "SET prev_hash = hash,",
-        f"hash = (audit_chain_hashes(hash, (SELECT texts FROM forms)))[{count}]",  # noqa: S608
-        "WHERE id = 1 RETURNING prev_hash),",
-        "chained AS (SELECT prev_hash AS first,",
-        "audit_chain_hashes(prev_hash, (SELECT texts FROM forms)) AS hashes FROM head),",
-        f"appended AS (INSERT INTO {quote(AuditEvent._meta.db_table)}",
-        f"({', '.join(columns)}, prev_hash, hash)",
-        f"SELECT {', '.join('e.' + column for column in columns)},",
-        "CASE WHEN e.n = 1 THEN chained.first ELSE chained.hashes[e.n - 1] END,",
-        "chained.hashes[e.n]",
-        f"FROM chained, (VALUES {rows}) AS e({', '.join(columns)}, n)",
-        "ORDER BY e.n RETURNING id, prev_hash, hash)",
-        f"SELECT id, prev_hash, hash, {found} FROM appended",  # noqa: S608
+    sql = f"WITH {', '.join(ctes)} SELECT id, prev_hash, hash, {found} FROM appended"  # noqa: S608
+    _append_sql[(count, hooks)] = sql
+    return sql
+
+
+def _cast(field: models.Field) -> str:
+    return f"%s::{field.db_type(connection)}"
+
+
+def _append_ctes(forms: list[str], rows: list[list[str]], *, head_required: bool) -> list[str]:
+    """The CTEs `forms`, `head`, `chained` and `appended` that chain and insert one event
+    per form: `forms` are SQL texts of the canonical forms, `rows` those of each event's
+    `_BOUND_FIELDS`. With `head_required`, a missing head row fails the statement (RG001,
+    migration audit.0006) instead of inserting nothing."""
+    quote = connection.ops.quote_name
+    count = len(forms)
+    columns = [quote(field.column) for field in _BOUND_FIELDS]
+    values = ", ".join(f"({', '.join(row)}, {n})" for n, row in enumerate(rows, start=1))
+    if head_required:
+        chained = (
+            "chained AS (SELECT audit_chain_head_required(head.prev_hash) AS first,"
+            " audit_chain_hashes(head.prev_hash, (SELECT texts FROM forms)) AS hashes"
+            " FROM (SELECT 1) AS one LEFT JOIN head ON true)"
+        )
+    else:
+        chained = (
+            "chained AS (SELECT prev_hash AS first,"
+            " audit_chain_hashes(prev_hash, (SELECT texts FROM forms)) AS hashes FROM head)"
+        )
+    return [
+        f"forms AS (SELECT ARRAY[{', '.join(forms)}] AS texts)",
+        f"head AS (UPDATE {quote(AuditChainHead._meta.db_table)} SET prev_hash = hash,"  # noqa: S608
+        f" hash = (audit_chain_hashes(hash, (SELECT texts FROM forms)))[{count}]"
+        " WHERE id = 1 RETURNING prev_hash)",
+        chained,
+        f"appended AS (INSERT INTO {quote(AuditEvent._meta.db_table)}"  # noqa: S608
+        f" ({', '.join(columns)}, prev_hash, hash)"
+        f" SELECT {', '.join('e.' + column for column in columns)},"
+        " CASE WHEN e.n = 1 THEN chained.first ELSE chained.hashes[e.n - 1] END,"
+        " chained.hashes[e.n]"
+        f" FROM chained, (VALUES {values}) AS e({', '.join(columns)}, n)"
+        " ORDER BY e.n RETURNING id, prev_hash, hash)",
     ]
-    _append_sql[(count, hooks)] = " ".join(parts)
-    return _append_sql[(count, hooks)]
 
 
 # The head as the events leave it; inserted only where there is no row yet (a concurrent
@@ -115,12 +138,7 @@ def _append(
         cursor.execute(sql, params)
         rows = cursor.fetchall()
         if not rows:  # no head row yet
-            quote = connection.ops.quote_name
-            seed = _SEED_HEAD_SQL.format(
-                head=quote(AuditChainHead._meta.db_table),
-                events=quote(AuditEvent._meta.db_table),
-            )
-            cursor.execute(seed, [GENESIS_HASH, GENESIS_HASH])
+            _seed_head()
             cursor.execute(sql, params)
             rows = cursor.fetchall()
     rows.sort()  # ids follow the chain's order
@@ -192,6 +210,157 @@ def audit_record_many(
     """Append several events by one actor to the chain, in this order, in the caller's
     transaction: one statement (on PostgreSQL) and one webhook look-up for them all.
     """
+    rows = _event_rows(actor, entries, via, actor_name)
+    # No savepoint: callers are always inside their own transaction (which an error here
+    # must roll back anyway). Outside one, this still opens a transaction.
+    with transaction.atomic(savepoint=False):
+        for fields in rows:
+            fields["at"] = timezone.now()
+        if connection.vendor == "postgresql":
+            return _postgres_append(rows)
+        events = _sqlite_append(rows)
+        webhook_fanout_many(events)
+        return events
+
+
+def insert_and_record(
+    *steps: InsertStep, actor: Any, entries: list[AuditEntry], via: str | None = None
+) -> list[AuditEvent]:
+    """`insert_together(*steps)`, then `audit_record_many(actor=actor, entries=entries)`, as
+    one transaction. On PostgreSQL that is one statement, run as it stands outside a
+    transaction (a statement commits by itself: no BEGIN and no COMMIT round trip) and in a
+    savepoint inside one (a refused insert leaves the caller's transaction usable, as
+    `transaction.atomic` would).
+
+    An entry's target may be a row inserted here: the database fills in its new key as the
+    event's target_id, and as its model_id where that is the target's own key (a model).
+    Events that notify webhooks, long batches and SQLite take the two-step path.
+    """
+    rows = _event_rows(actor, entries, via, None)
+    notifies = any(entry.action in WEBHOOK_EVENTS for entry in entries)
+    if connection.vendor != "postgresql" or notifies or len(entries) > APPEND_BATCH:
+        with transaction.atomic():
+            insert_together(*steps)
+            return audit_record_many(actor=actor, entries=entries, via=via)
+    plan = TogetherPlan(steps, connection)
+    keyed = [
+        _keyed_fields(plan, entry, fields) for entry, fields in zip(entries, rows, strict=True)
+    ]
+    for attempt in (1, 2):
+        try:
+            if connection.in_atomic_block or not connection.get_autocommit():
+                with transaction.atomic():
+                    return _insert_and_append(plan, entries, rows, keyed)
+            return _insert_and_append(plan, entries, rows, keyed)
+        except DatabaseError as error:
+            if attempt == 2 or getattr(error.__cause__, "sqlstate", None) != "RG001":
+                raise
+            _seed_head()  # then once more: the failed statement changed nothing
+    raise AssertionError("unreachable")
+
+
+# An event field the database fills with the target's new key → whether the form quotes it.
+_KEY_FIELDS = {"target_id": True, "model_id": False}
+_PROBE = object()
+
+
+def _keyed_fields(plan: TogetherPlan, entry: AuditEntry, fields: dict[str, Any]) -> dict[str, bool]:
+    """The fields of this event that take its target's new key (see `_KEY_FIELDS`)."""
+    target = entry.target
+    if target is None or not plan.inserts(target):
+        return {}
+    keyed = {"target_id": True}
+    if fields["model_id"] is None:
+        saved, target.pk = target.pk, _PROBE
+        try:  # is the target's audit_model_id its own key?
+            if getattr(target, "audit_model_id", None) is _PROBE:
+                keyed["model_id"] = False
+        finally:
+            target.pk = saved
+    return keyed
+
+
+_insert_append_sql: dict[tuple, str] = {}
+
+
+def _insert_and_append(
+    plan: TogetherPlan,
+    entries: list[AuditEntry],
+    rows: list[dict[str, Any]],
+    keyed: list[dict[str, bool]],
+) -> list[AuditEvent]:
+    forms: list[str] = []
+    values: list[list[str]] = []
+    form_params: list[Any] = []
+    row_params: list[Any] = []
+    for entry, fields, names in zip(entries, rows, keyed, strict=True):
+        fields["at"] = timezone.now()
+        if not names:
+            forms.append("%s::text")
+            form_params.append(canonical_form(fields))
+            values.append([_cast(field) for field in _BOUND_FIELDS])
+            row_params += [
+                field.get_db_prep_save(fields[field.attname], connection) for field in _BOUND_FIELDS
+            ]
+            continue
+        key_sql, key_params = plan.key_of(entry.target)
+        parts = canonical_form_parts(fields, names)
+        forms.append("(" + f" || ({key_sql})::text || ".join(["%s::text"] * len(parts)) + ")")
+        for index, part in enumerate(parts):
+            form_params += [*(key_params if index else []), part]
+        row = []
+        for field in _BOUND_FIELDS:
+            if field.attname in names:
+                row.append(f"({key_sql})::{field.db_type(connection)}")
+                row_params += key_params
+            else:
+                row.append(_cast(field))
+                row_params.append(field.get_db_prep_save(fields[field.attname], connection))
+        values.append(row)
+    shape = (
+        plan.shape,
+        tuple(
+            (plan.owner.get(id(e.target)), tuple(n)) for e, n in zip(entries, keyed, strict=True)
+        ),
+    )
+    sql = _insert_append_sql.get(shape)
+    if sql is None:
+        ctes = [*plan.ctes(), *_append_ctes(forms, values, head_required=True)]
+        selects = [*plan.selects(padding=2), "SELECT -1, id, prev_hash, hash FROM appended"]
+        sql = _insert_append_sql[shape] = f"WITH {', '.join(ctes)} {' UNION ALL '.join(selects)}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*plan.params, *form_params, *row_params])
+        returned = cursor.fetchall()
+    plan.assign_keys([(index, key) for index, key, *_ in returned if index >= 0])
+    appended = sorted((key, prev, digest) for index, key, prev, digest in returned if index < 0)
+    events = []
+    for entry, fields, names, (key, prev_hash, digest) in zip(
+        entries, rows, keyed, appended, strict=True
+    ):
+        if names:
+            fields["target_id"] = str(entry.target.pk)
+            if "model_id" in names:
+                fields["model_id"] = entry.target.pk
+        event = AuditEvent(**fields, prev_hash=prev_hash, hash=digest)
+        event.pk = key
+        event._state.adding, event._state.db = False, "default"
+        events.append(event)
+    return events
+
+
+def _seed_head() -> None:
+    quote = connection.ops.quote_name
+    seed = _SEED_HEAD_SQL.format(
+        head=quote(AuditChainHead._meta.db_table), events=quote(AuditEvent._meta.db_table)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(seed, [GENESIS_HASH, GENESIS_HASH])
+
+
+def _event_rows(
+    actor: Any, entries: list[AuditEntry], via: str | None, actor_name: str | None
+) -> list[dict[str, Any]]:
+    """Each entry's column values, but `at` (stamped just before the append)."""
     context = current_context()
     common: dict[str, Any] = {
         **_actor_fields(actor, actor_name),
@@ -211,16 +380,7 @@ def audit_record_many(
         if entry.model_id is not None:
             fields["model_id"] = entry.model_id
         rows.append(fields)
-    # No savepoint: callers are always inside their own transaction (which an error here
-    # must roll back anyway). Outside one, this still opens a transaction.
-    with transaction.atomic(savepoint=False):
-        for fields in rows:
-            fields["at"] = timezone.now()
-        if connection.vendor == "postgresql":
-            return _postgres_append(rows)
-        events = _sqlite_append(rows)
-        webhook_fanout_many(events)
-        return events
+    return rows
 
 
 def _postgres_append(rows: list[dict[str, Any]]) -> list[AuditEvent]:

@@ -14,7 +14,7 @@ from django.db.models import Model, Q
 from django.utils import timezone
 
 from apps.accounts.models import User
-from apps.audit.services import AuditEntry, audit_record, audit_record_many
+from apps.audit.services import AuditEntry, audit_record, audit_record_many, insert_and_record
 from apps.registry import access
 from apps.registry.models import ModelVersion, RegisteredModel, VersionParent, VersionStatus
 from apps.registry.paths import model_name_key
@@ -33,7 +33,7 @@ from apps.registry.validation import (
     parse_parent_refs,
 )
 from registry_site.api_errors import Conflict
-from registry_site.prepared import InsertStep, PreparedInsert, insert_together
+from registry_site.prepared import InsertStep, PreparedInsert
 
 _INSERT_MODEL = PreparedInsert(RegisteredModel)
 _INSERT_VERSION = PreparedInsert(ModelVersion)
@@ -47,7 +47,6 @@ def _name_taken(name: str) -> Conflict:
     )
 
 
-@transaction.atomic
 def model_create(
     *,
     actor: User,
@@ -67,28 +66,28 @@ def model_create(
         "tags": check_tags(tags),
         "visibility": check_visibility(visibility),
     }
-    name_key = model_name_key(name)
+    model = RegisteredModel(name=name, name_key=model_name_key(name), created_by=actor, **fields)
     try:
         # The unique name_key decides (no look-before-insert: one query fewer, and a race
-        # has the same answer). No savepoint of its own: the 409 leaves this function's
-        # transaction (or savepoint) at once, which rolls the failed INSERT back.
-        # One statement: the model, its owner's grants and its default stages.
-        model = RegisteredModel(name=name, name_key=name_key, created_by=actor, **fields)
-        insert_together(
+        # has the same answer). One statement, one transaction: the model, its owner's
+        # grants, its default stages and its audit event.
+        insert_and_record(
             InsertStep(_INSERT_MODEL, [model]),
             access.creator_ownership_step(actor, model),
             *_default_stage_steps(model),
+            actor=actor,
+            entries=[
+                AuditEntry(
+                    action="model.created",
+                    target=model,
+                    changes={"after": {"name": name, **fields}},
+                )
+            ],
         )
     except IntegrityError as error:
         if not _on_model_table(error):
             raise
         raise _name_taken(name) from None
-    audit_record(
-        actor=actor,
-        action="model.created",
-        target=model,
-        changes={"after": {"name": name, **fields}},
-    )
     return model
 
 
