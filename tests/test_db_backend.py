@@ -72,3 +72,38 @@ def test_a_session_the_server_ended_is_noticed_and_replaced(spare):
     assert spare.connection is None
     spare.ensure_connection()
     assert backend_pid(spare) != pid
+
+
+def test_long_statements_are_converted_once_and_run_as_psycopg_would(monkeypatch):
+    from psycopg._queries import PostgresQuery
+    from psycopg.adapt import Transformer
+
+    from registry_site.db import base
+
+    base._long_query2pg.cache_clear()
+    columns = ", ".join(f"%s AS c{n}" for n in range(60))  # > 50 parameters
+    sql = f"SELECT {columns} -- {'x' * 4096}"  # and > 4 KiB
+    values = list(range(60))
+
+    with connection.cursor() as cursor:
+        assert cursor.cursor._query_cls is base.StatementQuery
+        for _ in range(3):
+            cursor.execute(sql, values)
+            assert list(cursor.fetchone()) == values
+    info = base._long_query2pg.cache_info()
+    assert (info.misses, info.hits) == (1, 2)
+
+    transformer = Transformer(connection.connection)
+    ours, psycopgs = base.StatementQuery(transformer), PostgresQuery(transformer)
+    ours.convert(sql, values)
+    psycopgs.convert(sql, values)
+    assert ours.query == psycopgs.query and ours.params == psycopgs.params
+
+
+def test_short_statements_stay_with_psycopgs_own_cache():
+    from registry_site.db import base
+
+    base._long_query2pg.cache_clear()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT %s", [1])
+    assert base._long_query2pg.cache_info().currsize == 0

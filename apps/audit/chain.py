@@ -66,40 +66,35 @@ def _timestamp(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _canonical_body(fields: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
-    body = {name: fields[name] for name in names}
-    if "at" in body:
-        body["at"] = _timestamp(body["at"])
-    if "changes" in body:
-        body["changes"] = _canonical_numbers(body["changes"])
-    return body
-
-
 def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def canonical_form(fields: dict[str, Any]) -> str:
     """The exact text that is hashed for one event."""
-    return _json(_canonical_body(fields, CHAINED_FIELDS))
+    body = {name: fields[name] for name in CHAINED_FIELDS}
+    body["at"] = _timestamp(body["at"])
+    body["changes"] = _canonical_numbers(body["changes"])
+    return _json(body)
 
 
 def canonical_form_parts(fields: dict[str, Any], keys: dict[str, bool]) -> list[str]:
     """`canonical_form` cut where the fields named in `keys` go, for the database to fill
     in with a new row's key: the form is these texts joined by each key's digits, in the
     order of the names (sorted), quoted where `keys[name]` (a text field, e.g. target_id).
-    The object is written out member by member, exactly as `json.dumps` writes it."""
-    body = _canonical_body(fields, (name for name in CHAINED_FIELDS if name not in keys))
-    parts, current = [], "{"
-    for index, name in enumerate(sorted([*body, *keys])):
-        current += ("," if index else "") + _json(name) + ":"
-        if name in keys:
-            quote = '"' if keys[name] else ""
-            parts.append(current + quote)
-            current = quote
-        else:
-            current += _json(body[name])
-    parts.append(current + "}")
+
+    Each keyed field is written as a mark holding NUL, which no stored text can hold
+    (`to_storable_json` replaces it; PostgreSQL text refuses it), then cut out."""
+    form = canonical_form({**fields, **{name: f"\x00{name}\x00" for name in keys}})
+    parts = [form]
+    for name in sorted(keys):
+        mark = _json(f"\x00{name}\x00")
+        if keys[name]:
+            mark = mark[1:-1]  # a text: its quotes stay in the form, around the digits
+        pieces = parts.pop().split(mark)
+        if len(pieces) != 2:
+            raise ValueError(f"An event's field holds NUL: cannot mark {name} in its form.")
+        parts += pieces
     return parts
 
 

@@ -70,7 +70,14 @@ def _compile_append(count: int, hooks: str) -> str:
 
 
 def _cast(field: models.Field) -> str:
-    return f"%s::{field.db_type(connection)}"
+    """`%s::<column type>`, the placeholder of one bound column (computed once per field)."""
+    cast = _casts.get(field)
+    if cast is None:
+        cast = _casts[field] = f"%s::{field.db_type(connection)}"
+    return cast
+
+
+_casts: dict[models.Field, str] = {}
 
 
 def _append_ctes(forms: list[str], rows: list[list[str]], *, head_required: bool) -> list[str]:
@@ -236,43 +243,34 @@ def insert_and_record(
     event's target_id, and as its model_id where that is the target's own key (a model).
     Events that notify webhooks, long batches and SQLite take the two-step path.
     """
-    rows = _event_rows(actor, entries, via, None)
     notifies = any(entry.action in WEBHOOK_EVENTS for entry in entries)
     if connection.vendor != "postgresql" or notifies or len(entries) > APPEND_BATCH:
         with transaction.atomic():
             insert_together(*steps)
             return audit_record_many(actor=actor, entries=entries, via=via)
     plan = TogetherPlan(steps, connection)
-    keyed = [
-        _keyed_fields(plan, entry, fields) for entry, fields in zip(entries, rows, strict=True)
-    ]
-    for attempt in (1, 2):
-        try:
-            if connection.in_atomic_block or not connection.get_autocommit():
-                with transaction.atomic():
-                    return _insert_and_append(plan, entries, rows, keyed)
-            return _insert_and_append(plan, entries, rows, keyed)
-        except DatabaseError as error:
-            if attempt == 2 or getattr(error.__cause__, "sqlstate", None) != "RG001":
-                raise
-            _seed_head()  # then once more: the failed statement changed nothing
-    raise AssertionError("unreachable")
+    rows = _event_rows(actor, entries, via, None)
+    keyed = [_keyed_fields(plan, entry, row) for entry, row in zip(entries, rows, strict=True)]
+    try:
+        return _insert_and_append(plan, entries, rows, keyed)
+    except DatabaseError as error:
+        if getattr(error.__cause__, "sqlstate", None) != "RG001":
+            raise
+    _seed_head()  # the failed statement changed nothing; once more, onto the seeded head
+    return _insert_and_append(plan, entries, rows, keyed)
 
 
-# An event field the database fills with the target's new key → whether the form quotes it.
-_KEY_FIELDS = {"target_id": True, "model_id": False}
-_PROBE = object()
-
-
-def _keyed_fields(plan: TogetherPlan, entry: AuditEntry, fields: dict[str, Any]) -> dict[str, bool]:
-    """The fields of this event that take its target's new key (see `_KEY_FIELDS`)."""
+def _keyed_fields(plan: TogetherPlan, entry: AuditEntry, row: dict[str, Any]) -> dict[str, bool]:
+    """The event's fields that take its target's new key → whether the form quotes them:
+    target_id (text) when the target is inserted here, and model_id (a number) when the
+    target's `audit_model_id` is its own key."""
     target = entry.target
     if target is None or not plan.inserts(target):
         return {}
     keyed = {"target_id": True}
-    if fields["model_id"] is None:
+    if row["model_id"] is None:
         saved, target.pk = target.pk, _PROBE
-        try:  # is the target's audit_model_id its own key?
+        try:
             if getattr(target, "audit_model_id", None) is _PROBE:
                 keyed["model_id"] = False
         finally:
@@ -280,7 +278,8 @@ def _keyed_fields(plan: TogetherPlan, entry: AuditEntry, fields: dict[str, Any])
     return keyed
 
 
-_insert_append_sql: dict[tuple, str] = {}
+_PROBE = object()
+_insert_append_sql: dict[tuple, str] = {}  # (plan shape, keyed fields) → SQL
 
 
 def _insert_and_append(
@@ -289,34 +288,27 @@ def _insert_and_append(
     rows: list[dict[str, Any]],
     keyed: list[dict[str, bool]],
 ) -> list[AuditEvent]:
-    forms: list[str] = []
-    values: list[list[str]] = []
-    form_params: list[Any] = []
-    row_params: list[Any] = []
-    for entry, fields, names in zip(entries, rows, keyed, strict=True):
-        fields["at"] = timezone.now()
-        if not names:
-            forms.append("%s::text")
-            form_params.append(canonical_form(fields))
-            values.append([_cast(field) for field in _BOUND_FIELDS])
-            row_params += [
-                field.get_db_prep_save(fields[field.attname], connection) for field in _BOUND_FIELDS
-            ]
-            continue
-        key_sql, key_params = plan.key_of(entry.target)
-        parts = canonical_form_parts(fields, names)
-        forms.append("(" + f" || ({key_sql})::text || ".join(["%s::text"] * len(parts)) + ")")
-        for index, part in enumerate(parts):
-            form_params += [*(key_params if index else []), part]
-        row = []
-        for field in _BOUND_FIELDS:
-            if field.attname in names:
-                row.append(f"({key_sql})::{field.db_type(connection)}")
-                row_params += key_params
-            else:
-                row.append(_cast(field))
-                row_params.append(field.get_db_prep_save(fields[field.attname], connection))
-        values.append(row)
+    """Run the statement: in a savepoint inside a transaction, as it stands outside one."""
+    if connection.in_atomic_block or not connection.get_autocommit():
+        with transaction.atomic():
+            return _run_insert_and_append(plan, entries, rows, keyed)
+    return _run_insert_and_append(plan, entries, rows, keyed)
+
+
+def _run_insert_and_append(
+    plan: TogetherPlan,
+    entries: list[AuditEntry],
+    rows: list[dict[str, Any]],
+    keyed: list[dict[str, bool]],
+) -> list[AuditEvent]:
+    forms, values, form_params, row_params = [], [], [], []
+    for entry, row, names in zip(entries, rows, keyed, strict=True):
+        row["at"] = timezone.now()
+        form, columns, params = _event_sql(plan, entry, row, names)
+        forms.append(form)
+        values.append(columns)
+        form_params += params[0]
+        row_params += params[1]
     shape = (
         plan.shape,
         tuple(
@@ -334,18 +326,44 @@ def _insert_and_append(
     plan.assign_keys([(index, key) for index, key, *_ in returned if index >= 0])
     appended = sorted((key, prev, digest) for index, key, prev, digest in returned if index < 0)
     events = []
-    for entry, fields, names, (key, prev_hash, digest) in zip(
+    for entry, row, names, (key, prev_hash, digest) in zip(
         entries, rows, keyed, appended, strict=True
     ):
         if names:
-            fields["target_id"] = str(entry.target.pk)
+            row["target_id"] = str(entry.target.pk)
             if "model_id" in names:
-                fields["model_id"] = entry.target.pk
-        event = AuditEvent(**fields, prev_hash=prev_hash, hash=digest)
+                row["model_id"] = entry.target.pk
+        event = AuditEvent(**row, prev_hash=prev_hash, hash=digest)
         event.pk = key
         event._state.adding, event._state.db = False, "default"
         events.append(event)
     return events
+
+
+def _event_sql(
+    plan: TogetherPlan, entry: AuditEntry, row: dict[str, Any], names: dict[str, bool]
+) -> tuple[str, list[str], tuple[list[Any], list[Any]]]:
+    """One event's canonical form and column values as SQL, and their parameters (form's,
+    columns'); the fields in `names` read the target's new key."""
+    if not names:
+        columns = [_cast(field) for field in _BOUND_FIELDS]
+        values = [field.get_db_prep_save(row[field.attname], connection) for field in _BOUND_FIELDS]
+        return "%s::text", columns, ([canonical_form(row)], values)
+    key_sql, key_params = plan.key_of(entry.target)
+    parts = canonical_form_parts(row, names)
+    form = "(" + f" || ({key_sql})::text || ".join(["%s::text"] * len(parts)) + ")"
+    form_params = [parts[0]]
+    for part in parts[1:]:
+        form_params += [*key_params, part]
+    columns, values = [], []
+    for field in _BOUND_FIELDS:
+        if field.attname in names:
+            columns.append(f"({key_sql}){_cast(field)[2:]}")
+            values += key_params
+        else:
+            columns.append(_cast(field))
+            values.append(field.get_db_prep_save(row[field.attname], connection))
+    return form, columns, (form_params, values)
 
 
 def _seed_head() -> None:

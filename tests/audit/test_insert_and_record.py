@@ -200,3 +200,8 @@ def test_events_that_notify_webhooks_take_the_two_step_path(alice):
     assert stage.pk and event.target_id == str(stage.pk) and event.model_id == model.pk
     assert WebhookDelivery.objects.get().event_id == str(event.pk)
     assert audit_verify_chain().ok
+
+
+def test_a_field_holding_nul_cannot_be_marked():
+    with pytest.raises(ValueError, match="NUL"):
+        canonical_form_parts(fields(user_agent="\x00target_id\x00"), {"target_id": True})
