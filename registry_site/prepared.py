@@ -412,8 +412,13 @@ class TogetherPlan:
         self.links: list[tuple[Model, str, Model]] = []
         self.shape, self.params = _together_shape(steps, self.owner, self.links, connection)
 
+    gate = "s0"  # the first step's CTE: the rows everything else hangs on
+
     def inserts(self, obj: Any) -> bool:
         return id(obj) in self.owner
+
+    def step_of(self, obj: Any) -> int | None:
+        return self.owner.get(id(obj))
 
     def key_of(self, obj: Model) -> tuple[str, list[Any]]:
         """An SQL expression for `obj`'s new key, and its parameters."""
@@ -464,6 +469,68 @@ class TogetherPlan:
                 obj._state.adding, obj._state.db = False, using
         for child, attname, parent in self.links:
             setattr(child, attname, parent.pk)
+
+
+class AfterPlan:
+    """One row inserted only if a statement before it returns a row, as CTEs (PostgreSQL):
+    `before AS (<before>), s0 AS (INSERT … SELECT <values> FROM before RETURNING key)`.
+    E.g. a version inserted only if the UPDATE of its model's counter found the model as
+    expected. The interface of `TogetherPlan`, for `apps.audit.services.record_inserted`.
+    """
+
+    gate = "s0"
+
+    def __init__(
+        self,
+        insert: PreparedInsert,
+        obj: Model,
+        before: str,
+        before_params: list[Any],
+        connection: Any,
+        now: datetime | None = None,
+    ) -> None:
+        insert.stamp([obj], now or timezone.now())
+        self.insert, self.obj, self.before, self.connection = insert, obj, before, connection
+        self.shape = ("after", insert.model._meta.label, before)
+        self.params = [
+            *before_params,
+            *(
+                field.get_db_prep_save(getattr(obj, field.attname), connection)
+                for field in insert.fields
+            ),
+        ]
+
+    def inserts(self, obj: Any) -> bool:
+        return obj is self.obj
+
+    def step_of(self, obj: Any) -> int | None:
+        return 0 if obj is self.obj else None
+
+    def key_of(self, obj: Model) -> tuple[str, list[Any]]:
+        return f"(SELECT {self._pk} FROM s0)", []  # noqa: S608 (our names)
+
+    @property
+    def _pk(self) -> str:
+        return self.connection.ops.quote_name(self.insert.model._meta.pk.column)
+
+    def ctes(self) -> list[str]:
+        quote = self.connection.ops.quote_name
+        columns = ", ".join(quote(field.column) for field in self.insert.fields)
+        values = ", ".join(["%s"] * len(self.insert.fields))
+        table = quote(self.insert.model._meta.db_table)
+        return [
+            f"before AS ({self.before})",
+            f"s0 AS (INSERT INTO {table} ({columns}) SELECT {values} FROM before"  # noqa: S608
+            f" RETURNING {self._pk})",
+        ]
+
+    def selects(self, padding: int = 0) -> list[str]:
+        return [f"SELECT 0, {self._pk}{', NULL' * padding} FROM s0"]  # noqa: S608 (our names)
+
+    def assign_keys(self, returned: list[tuple], using: str = "default") -> None:
+        for _, key in returned:
+            self.obj.pk = key
+            self.obj._state.adding, self.obj._state.db = False, using
 
 
 # Per PreparedInsert field of each row: None (a plain value) or the index of the step whose

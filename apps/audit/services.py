@@ -59,7 +59,7 @@ def _compile_append(count: int, hooks: str) -> str:
     (the webhook look-up's SQL), return the webhooks to notify alongside. No head row (a
     new or flushed database): nothing is inserted, and `_append` seeds it."""
     row = [_cast(field) for field in _BOUND_FIELDS]
-    ctes = _append_ctes(["%s::text"] * count, [row] * count, head_required=False)
+    ctes = _append_ctes(["%s::text"] * count, [row] * count, gate=None)
     found = "NULL"
     if hooks:
         found = "(SELECT json_agg(json_build_array(w.id, w.model_id, w.events))"
@@ -80,31 +80,42 @@ def _cast(field: models.Field) -> str:
 _casts: dict[models.Field, str] = {}
 
 
-def _append_ctes(forms: list[str], rows: list[list[str]], *, head_required: bool) -> list[str]:
+def _append_ctes(forms: list[str], rows: list[list[str]], *, gate: str | None) -> list[str]:
     """The CTEs `forms`, `head`, `chained` and `appended` that chain and insert one event
     per form: `forms` are SQL texts of the canonical forms, `rows` those of each event's
-    `_BOUND_FIELDS`. With `head_required`, a missing head row fails the statement (RG001,
-    migration audit.0006) instead of inserting nothing."""
+    `_BOUND_FIELDS`.
+
+    With `gate` (the name of a CTE inserting the rows the events are about), the events are
+    appended only if that CTE inserted a row, after it (so a statement locks the rows it
+    changes before the head, as every transaction does), and a missing head row fails the
+    statement (RG001, migration audit.0006) instead of inserting nothing."""
     quote = connection.ops.quote_name
     count = len(forms)
     columns = [quote(field.column) for field in _BOUND_FIELDS]
     values = ", ".join(f"({', '.join(row)}, {n})" for n, row in enumerate(rows, start=1))
-    if head_required:
-        chained = (
-            "chained AS (SELECT audit_chain_head_required(head.prev_hash) AS first,"
-            " audit_chain_hashes(head.prev_hash, (SELECT texts FROM forms)) AS hashes"
-            " FROM (SELECT 1) AS one LEFT JOIN head ON true)"
-        )
-    else:
+    texts = f"forms AS (SELECT ARRAY[{', '.join(forms)}] AS texts"
+    head = (
+        f"head AS (UPDATE {quote(AuditChainHead._meta.db_table)} SET prev_hash = hash,"  # noqa: S608
+        f" hash = (audit_chain_hashes(hash, (SELECT texts FROM forms)))[{count}] WHERE id = 1"
+    )
+    if gate is None:
+        texts += ")"
+        head += " RETURNING prev_hash)"
         chained = (
             "chained AS (SELECT prev_hash AS first,"
             " audit_chain_hashes(prev_hash, (SELECT texts FROM forms)) AS hashes FROM head)"
         )
+    else:
+        texts += f" FROM (SELECT 1 FROM {gate} LIMIT 1) AS gate)"  # noqa: S608 (our names)
+        head += " AND EXISTS (SELECT 1 FROM forms) RETURNING prev_hash)"
+        chained = (
+            "chained AS (SELECT audit_chain_head_required(head.prev_hash) AS first,"
+            " audit_chain_hashes(head.prev_hash, forms.texts) AS hashes"
+            " FROM forms LEFT JOIN head ON true)"
+        )
     return [
-        f"forms AS (SELECT ARRAY[{', '.join(forms)}] AS texts)",
-        f"head AS (UPDATE {quote(AuditChainHead._meta.db_table)} SET prev_hash = hash,"  # noqa: S608
-        f" hash = (audit_chain_hashes(hash, (SELECT texts FROM forms)))[{count}]"
-        " WHERE id = 1 RETURNING prev_hash)",
+        texts,
+        head,
         chained,
         f"appended AS (INSERT INTO {quote(AuditEvent._meta.db_table)}"  # noqa: S608
         f" ({', '.join(columns)}, prev_hash, hash)"
@@ -234,33 +245,62 @@ def insert_and_record(
     *steps: InsertStep, actor: Any, entries: list[AuditEntry], via: str | None = None
 ) -> list[AuditEvent]:
     """`insert_together(*steps)`, then `audit_record_many(actor=actor, entries=entries)`, as
-    one transaction. On PostgreSQL that is one statement, run as it stands outside a
-    transaction (a statement commits by itself: no BEGIN and no COMMIT round trip) and in a
-    savepoint inside one (a refused insert leaves the caller's transaction usable, as
-    `transaction.atomic` would).
+    one transaction: on PostgreSQL one statement where `record_inserted` can, else (and on
+    SQLite) the two in `transaction.atomic`."""
+    if connection.vendor == "postgresql":
+        plan = TogetherPlan(steps, connection)
+        events = record_inserted(plan, actor=actor, entries=entries, via=via)
+        if events is not None:
+            return events
+    with transaction.atomic():
+        insert_together(*steps)
+        return audit_record_many(actor=actor, entries=entries, via=via)
 
-    An entry's target may be a row inserted here: the database fills in its new key as the
-    event's target_id, and as its model_id where that is the target's own key (a model).
-    Events that notify webhooks, long batches and SQLite take the two-step path.
+
+def record_inserted(
+    plan: Any, *, actor: Any, entries: list[AuditEntry], via: str | None = None
+) -> list[AuditEvent] | None:
+    """Run `plan`'s inserts and append `entries`' events in one statement (PostgreSQL): as it
+    stands outside a transaction (a statement commits by itself: no BEGIN and no COMMIT
+    round trip), in a savepoint inside one (a refused insert leaves the caller's
+    transaction usable, as `transaction.atomic` would).
+
+    `plan` is a `registry_site.prepared.TogetherPlan` or anything with its interface; its
+    first CTE's rows gate the events. An entry's target may be a row inserted here: the
+    database fills in its new key as the event's target_id, and as its model_id where that
+    is the target's own key (a model).
+
+    Returns the events; `[]` when the plan inserted nothing (nothing changed); None, with
+    nothing changed, when this cannot be one statement: a long batch, webhooks of several
+    models, or webhooks waiting for these events (their deliveries must commit with them:
+    the statement looks them up and fails if there are any). The caller then takes its
+    transactional path.
     """
-    notifies = any(entry.action in WEBHOOK_EVENTS for entry in entries)
-    if connection.vendor != "postgresql" or notifies or len(entries) > APPEND_BATCH:
-        with transaction.atomic():
-            insert_together(*steps)
-            return audit_record_many(actor=actor, entries=entries, via=via)
-    plan = TogetherPlan(steps, connection)
+    if len(entries) > APPEND_BATCH:
+        return None
     rows = _event_rows(actor, entries, via, None)
     keyed = [_keyed_fields(plan, entry, row) for entry, row in zip(entries, rows, strict=True)]
-    try:
-        return _insert_and_append(plan, entries, rows, keyed)
-    except DatabaseError as error:
-        if getattr(error.__cause__, "sqlstate", None) != "RG001":
-            raise
-    _seed_head()  # the failed statement changed nothing; once more, onto the seeded head
-    return _insert_and_append(plan, entries, rows, keyed)
+    hooks: tuple[str, list[Any]] | None = None
+    if any(entry.action in WEBHOOK_EVENTS for entry in entries):
+        if any("model_id" in names for names in keyed):
+            return None  # whose webhooks: known only once inserted
+        hooks = active_webhooks_sql({row["model_id"] for row in rows if row["model_id"]})
+        if hooks is None:
+            return None
+    for attempt in (1, 2):
+        try:
+            return _insert_and_append(plan, entries, rows, keyed, hooks)
+        except DatabaseError as error:
+            state = getattr(error.__cause__, "sqlstate", None)
+            if state == "RG002":
+                return None
+            if state != "RG001" or attempt == 2:
+                raise
+        _seed_head()  # the failed statement changed nothing; once more, onto the seeded head
+    return None  # not reached: the second attempt returns or raises
 
 
-def _keyed_fields(plan: TogetherPlan, entry: AuditEntry, row: dict[str, Any]) -> dict[str, bool]:
+def _keyed_fields(plan: Any, entry: AuditEntry, row: dict[str, Any]) -> dict[str, bool]:
     """The event's fields that take its target's new key → whether the form quotes them:
     target_id (text) when the target is inserted here, and model_id (a number) when the
     target's `audit_model_id` is its own key."""
@@ -283,23 +323,25 @@ _insert_append_sql: dict[tuple, str] = {}  # (plan shape, keyed fields) → SQL
 
 
 def _insert_and_append(
-    plan: TogetherPlan,
+    plan: Any,
     entries: list[AuditEntry],
     rows: list[dict[str, Any]],
     keyed: list[dict[str, bool]],
+    hooks: tuple[str, list[Any]] | None,
 ) -> list[AuditEvent]:
     """Run the statement: in a savepoint inside a transaction, as it stands outside one."""
     if connection.in_atomic_block or not connection.get_autocommit():
         with transaction.atomic():
-            return _run_insert_and_append(plan, entries, rows, keyed)
-    return _run_insert_and_append(plan, entries, rows, keyed)
+            return _run_insert_and_append(plan, entries, rows, keyed, hooks)
+    return _run_insert_and_append(plan, entries, rows, keyed, hooks)
 
 
 def _run_insert_and_append(
-    plan: TogetherPlan,
+    plan: Any,
     entries: list[AuditEntry],
     rows: list[dict[str, Any]],
     keyed: list[dict[str, bool]],
+    hooks: tuple[str, list[Any]] | None,
 ) -> list[AuditEvent]:
     forms, values, form_params, row_params = [], [], [], []
     for entry, row, names in zip(entries, rows, keyed, strict=True):
@@ -309,22 +351,19 @@ def _run_insert_and_append(
         values.append(columns)
         form_params += params[0]
         row_params += params[1]
-    shape = (
-        plan.shape,
-        tuple(
-            (plan.owner.get(id(e.target)), tuple(n)) for e, n in zip(entries, keyed, strict=True)
-        ),
+    hooks_sql, hooks_params = hooks or ("", [])
+    targets = tuple(plan.step_of(entry.target) for entry in entries)
+    shape = (plan.shape, targets, tuple(tuple(names) for names in keyed), hooks_sql)
+    sql = _insert_append_sql.get(shape) or _compile_insert_append(
+        shape, plan, forms, values, hooks_sql
     )
-    sql = _insert_append_sql.get(shape)
-    if sql is None:
-        ctes = [*plan.ctes(), *_append_ctes(forms, values, head_required=True)]
-        selects = [*plan.selects(padding=2), "SELECT -1, id, prev_hash, hash FROM appended"]
-        sql = _insert_append_sql[shape] = f"WITH {', '.join(ctes)} {' UNION ALL '.join(selects)}"
     with connection.cursor() as cursor:
-        cursor.execute(sql, [*plan.params, *form_params, *row_params])
+        cursor.execute(sql, [*plan.params, *form_params, *row_params, *hooks_params])
         returned = cursor.fetchall()
     plan.assign_keys([(index, key) for index, key, *_ in returned if index >= 0])
-    appended = sorted((key, prev, digest) for index, key, prev, digest in returned if index < 0)
+    appended = sorted((key, prev, digest) for index, key, prev, digest in returned if index == -1)
+    if not appended:
+        return []  # the plan's gate held: nothing was inserted
     events = []
     for entry, row, names, (key, prev_hash, digest) in zip(
         entries, rows, keyed, appended, strict=True
@@ -340,8 +379,20 @@ def _run_insert_and_append(
     return events
 
 
+def _compile_insert_append(
+    shape: tuple, plan: Any, forms: list[str], values: list[list[str]], hooks: str
+) -> str:
+    ctes = [*plan.ctes(), *_append_ctes(forms, values, gate=plan.gate)]
+    selects = [*plan.selects(padding=2), "SELECT -1, id, prev_hash, hash FROM appended"]
+    if hooks:  # fails the statement (RG002) where webhooks wait for these events
+        found = f"(SELECT count(*) FROM ({hooks}) w)"  # noqa: S608 (compiled ORM SQL)
+        selects.append(f"SELECT -2, audit_no_deliveries_due({found}), NULL, NULL")
+    sql = _insert_append_sql[shape] = f"WITH {', '.join(ctes)} {' UNION ALL '.join(selects)}"
+    return sql
+
+
 def _event_sql(
-    plan: TogetherPlan, entry: AuditEntry, row: dict[str, Any], names: dict[str, bool]
+    plan: Any, entry: AuditEntry, row: dict[str, Any], names: dict[str, bool]
 ) -> tuple[str, list[str], tuple[list[Any], list[Any]]]:
     """One event's canonical form and column values as SQL, and their parameters (form's,
     columns'); the fields in `names` read the target's new key."""

@@ -14,7 +14,13 @@ from django.db.models import Model, Q
 from django.utils import timezone
 
 from apps.accounts.models import User
-from apps.audit.services import AuditEntry, audit_record, audit_record_many, insert_and_record
+from apps.audit.services import (
+    AuditEntry,
+    audit_record,
+    audit_record_many,
+    insert_and_record,
+    record_inserted,
+)
 from apps.registry import access
 from apps.registry.models import ModelVersion, RegisteredModel, VersionParent, VersionStatus
 from apps.registry.paths import model_name_key
@@ -33,7 +39,7 @@ from apps.registry.validation import (
     parse_parent_refs,
 )
 from registry_site.api_errors import Conflict
-from registry_site.prepared import InsertStep, PreparedInsert
+from registry_site.prepared import AfterPlan, InsertStep, PreparedInsert
 
 _INSERT_MODEL = PreparedInsert(RegisteredModel)
 _INSERT_VERSION = PreparedInsert(ModelVersion)
@@ -232,7 +238,6 @@ def _insert_numbered(version: ModelVersion, now: datetime) -> None:
     model.last_version_number, model.updated_at, model.archived_at = version.number, now, None
 
 
-@transaction.atomic
 def version_create(
     *,
     actor: User,
@@ -255,6 +260,9 @@ def version_create(
     With `external_reason` (files that stay outside Regent, e.g. an MLflow `s3://` source)
     the version is inserted `ready` with `external_artifacts` set, and audited
     "version.created" (pending, as always) then "version.ready" giving that reason.
+
+    On PostgreSQL, without parents, one statement does it all (`_create_version_at_once`);
+    otherwise one transaction of several (`_create_version_locked`).
     """
     fields = _version_fields(
         description=description,
@@ -270,6 +278,85 @@ def version_create(
     if external_reason is not None:
         state = {"status": VersionStatus.READY, "external_artifacts": True, "status_reason": ""}
     version = ModelVersion(model=model, created_by=actor, **fields, **state)
+    if connection.vendor == "postgresql" and not parent_versions:
+        for _ in range(_AT_ONCE_ATTEMPTS):
+            done = _create_version_at_once(actor, version, fields, external_reason)
+            if done is not False:
+                break
+            _refresh_number(model)  # another creation took the number first
+        if done:
+            return version
+    return _create_version_locked(actor, version, fields, parent_versions, external_reason)
+
+
+_AT_ONCE_ATTEMPTS = 3
+
+# The model row as the caller saw it: the number it expects to take, and not archived.
+_TAKE_EXPECTED_NUMBER = (
+    "UPDATE {table} SET last_version_number = %s, updated_at = %s"
+    " WHERE id = %s AND last_version_number = %s AND archived_at IS NULL RETURNING id"
+)
+
+
+def _create_version_at_once(
+    actor: User, version: ModelVersion, fields: dict[str, Any], external_reason: str | None
+) -> bool | None:
+    """Insert `version` with the number after the one its model's row held when the caller
+    read it, and its events, in one statement (`audit.record_inserted`): outside a
+    transaction, one round trip that commits by itself. The model row's UPDATE checks the
+    number it expects and takes the row lock before the chain head's, as the locked path
+    does. True when done; False when the number was taken first (or the model archived):
+    nothing inserted, read the row again; None when the statement cannot carry the events
+    (webhooks wait for them): nothing inserted, take the locked path."""
+    model = version.model
+    now = timezone.now()
+    version.number = model.last_version_number + 1
+    version.sealed_at = now if external_reason is not None else None
+    table = connection.ops.quote_name(RegisteredModel._meta.db_table)
+    expected = [version.number, now, model.pk, version.number - 1]
+    plan = AfterPlan(
+        _INSERT_VERSION,
+        version,
+        _TAKE_EXPECTED_NUMBER.format(table=table),
+        expected,
+        connection,
+        now=now,
+    )
+    entries = _version_entries(version, fields, [], external_reason)
+    try:
+        events = record_inserted(plan, actor=actor, entries=entries)
+    except IntegrityError as error:
+        if not _on_version_number(error):
+            raise
+        events = []  # a creation that committed meanwhile holds the number
+    if not events:
+        version.pk = version.number = version.sealed_at = None
+        return None if events is None else False
+    model.last_version_number, model.updated_at, model.archived_at = version.number, now, None
+    return True
+
+
+def _refresh_number(model: RegisteredModel) -> None:
+    """Read the model's counter again; 409 if it was archived (DoesNotExist if deleted)."""
+    current = RegisteredModel.objects.get(pk=model.pk)
+    if current.archived_at is not None:
+        raise Conflict(f"Model {current.name} is archived; it accepts no new versions.")
+    model.last_version_number = current.last_version_number
+
+
+def _on_version_number(error: IntegrityError) -> bool:
+    diagnostics = getattr(error.__cause__, "diag", None)
+    return getattr(diagnostics, "constraint_name", None) == "version_number_unique"
+
+
+@transaction.atomic
+def _create_version_locked(
+    actor: User,
+    version: ModelVersion,
+    fields: dict[str, Any],
+    parent_versions: list[ModelVersion],
+    external_reason: str | None,
+) -> ModelVersion:
     now = timezone.now()
     if external_reason is not None:
         version.sealed_at = now  # sealed the moment it is created
@@ -277,6 +364,18 @@ def version_create(
     VersionParent.objects.bulk_create(
         VersionParent(child=version, parent=parent) for parent in parent_versions
     )
+    audit_record_many(
+        actor=actor, entries=_version_entries(version, fields, parent_versions, external_reason)
+    )
+    return version
+
+
+def _version_entries(
+    version: ModelVersion,
+    fields: dict[str, Any],
+    parent_versions: list[ModelVersion],
+    external_reason: str | None,
+) -> list[AuditEntry]:
     after = {"version": version.number, "status": VersionStatus.PENDING.value, **fields}
     after["parents"] = [str(parent) for parent in parent_versions]
     entries = [AuditEntry("version.created", target=version, changes={"after": after})]
@@ -287,8 +386,7 @@ def version_create(
             "reason": external_reason,
         }
         entries.append(AuditEntry("version.ready", target=version, changes=ready))
-    audit_record_many(actor=actor, entries=entries)
-    return version
+    return entries
 
 
 @transaction.atomic

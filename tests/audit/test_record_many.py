@@ -110,7 +110,7 @@ def test_a_missing_head_row_is_seeded_from_the_last_event(alice):
 
 
 @pytest.mark.django_db
-def test_external_version_writes_both_events_with_one_webhook_lookup(alice):
+def test_external_version_with_webhooks_writes_both_events_and_their_deliveries(alice):
     model = model_create(actor=alice, name="fraud-detector")
     Webhook.objects.create(
         url="https://hooks.example.com/regent",
@@ -122,7 +122,10 @@ def test_external_version_writes_both_events_with_one_webhook_lookup(alice):
     with CaptureQueriesContext(connections["default"]) as queries:
         version = version_create(actor=alice, model=model, external_reason="outside")
     lookups = [q for q in queries.captured_queries if 'FROM "audit_webhook"' in q["sql"]]
-    assert len(lookups) == 1
+    # The one-statement attempt finds the webhook and fails as a whole; the locked path then
+    # appends both events with one look-up, and their deliveries in the same transaction.
+    assert len(lookups) == 2
+    assert "audit_no_deliveries_due" in lookups[0]["sql"]
     about = AuditEvent.objects.filter(target_type="registry.modelversion", target_id=version.pk)
     created, ready = about.order_by("id")
     assert (created.action, created.changes["after"]["status"]) == ("version.created", "pending")
