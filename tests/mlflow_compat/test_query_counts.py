@@ -87,9 +87,7 @@ def test_create_version_stays_small(warm, django_assert_max_num_queries):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_create_version_outside_a_transaction_is_three_statements(
-    warm, django_assert_num_queries
-):
+def test_create_version_outside_a_transaction_is_three_statements(warm, django_assert_num_queries):
     with django_assert_num_queries(3) as queries:  # no BEGIN, no COMMIT
         response = warm.post("/model-versions/create", {"name": "fraud-detector", "source": S3})
     assert response.status_code == 200, response.content
