@@ -1,5 +1,7 @@
 """Shared fixtures: personas and API clients."""
 
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +79,28 @@ def artifact_root(settings: Any, tmp_path: Path) -> Path:
         },
     }
     return root
+
+
+def run_concurrently(count: int, work: Callable[[int], Any]) -> list[Any]:
+    """`work(0)` … `work(count - 1)` in threads released together; each result, or the
+    exception it raised. Each thread closes its own database connection."""
+    from django.db import connection
+
+    barrier = threading.Barrier(count)
+    results: list[Any] = [None] * count
+
+    def run(index: int) -> None:
+        try:
+            barrier.wait()
+            results[index] = work(index)
+        except Exception as error:  # collected and asserted by the test
+            results[index] = error
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results

@@ -2,6 +2,7 @@
 own transaction, after its writes (the chain head's row lock is then held for the shortest
 time: from the append to the commit)."""
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -329,20 +330,6 @@ def _insert_and_append(
     keyed: list[dict[str, bool]],
     hooks: tuple[str, list[Any]] | None,
 ) -> list[AuditEvent]:
-    """Run the statement: in a savepoint inside a transaction, as it stands outside one."""
-    if connection.in_atomic_block or not connection.get_autocommit():
-        with transaction.atomic():
-            return _run_insert_and_append(plan, entries, rows, keyed, hooks)
-    return _run_insert_and_append(plan, entries, rows, keyed, hooks)
-
-
-def _run_insert_and_append(
-    plan: Any,
-    entries: list[AuditEntry],
-    rows: list[dict[str, Any]],
-    keyed: list[dict[str, bool]],
-    hooks: tuple[str, list[Any]] | None,
-) -> list[AuditEvent]:
     forms, values, form_params, row_params = [], [], [], []
     for entry, row, names in zip(entries, rows, keyed, strict=True):
         row["at"] = timezone.now()
@@ -357,7 +344,7 @@ def _run_insert_and_append(
     sql = _insert_append_sql.get(shape) or _compile_insert_append(
         shape, plan, forms, values, hooks_sql
     )
-    with connection.cursor() as cursor:
+    with _savepoint_in_a_transaction(), connection.cursor() as cursor:
         cursor.execute(sql, [*plan.params, *form_params, *row_params, *hooks_params])
         returned = cursor.fetchall()
     plan.assign_keys([(index, key) for index, key, *_ in returned if index >= 0])
@@ -377,6 +364,14 @@ def _run_insert_and_append(
         event._state.adding, event._state.db = False, "default"
         events.append(event)
     return events
+
+
+def _savepoint_in_a_transaction() -> Any:
+    """Inside a transaction, a savepoint (a refused statement leaves the transaction usable);
+    outside one, nothing: the statement commits by itself."""
+    if connection.in_atomic_block or not connection.get_autocommit():
+        return transaction.atomic()
+    return contextlib.nullcontext()
 
 
 def _compile_insert_append(

@@ -1,11 +1,10 @@
 """`insert_and_record`: rows and their audit events in one statement, which commits by itself
 outside a transaction; `canonical_form_parts`, the form the database completes with a key."""
 
-import threading
 from datetime import UTC, datetime
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from apps.approvals.models import Stage
@@ -18,6 +17,7 @@ from apps.registry.services import model_create
 from registry_site.api_errors import Conflict
 from registry_site.prepared import InsertStep, PreparedInsert
 from tests.audit.test_record_many import hook
+from tests.conftest import run_concurrently
 
 MODELS = PreparedInsert(RegisteredModel)
 STAGES = PreparedInsert(Stage)
@@ -155,27 +155,13 @@ def test_the_first_event_of_a_new_log_links_to_the_genesis(alice):
 def test_concurrent_creates_keep_the_chain_linear_even_when_seeding(alice):
     AuditChainHead.objects.all().delete()
     writers, per_writer = 6, 4
-    barrier = threading.Barrier(writers)
-    errors: list[BaseException] = []
 
     def write(number: int) -> None:
-        try:
-            barrier.wait()
-            for index in range(per_writer):
-                model_create(actor=alice, name=f"model-{number}-{index}")
-                audit_record(actor=alice, action="test.single")
-        except BaseException as error:  # collected and re-raised in the main thread
-            errors.append(error)
-        finally:
-            connections.close_all()
+        for index in range(per_writer):
+            model_create(actor=alice, name=f"model-{number}-{index}")
+            audit_record(actor=alice, action="test.single")
 
-    threads = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert not errors
+    assert run_concurrently(writers, write) == [None] * writers
     assert RegisteredModel.objects.count() == writers * per_writer
     report = audit_verify_chain()
     assert report.ok and report.events_checked == 2 * writers * per_writer

@@ -1,10 +1,8 @@
 """Catalog services: validation before any write, gapless numbering, audit rows."""
 
 import math
-import threading
 
 import pytest
-from django.db import connection
 
 from apps.audit.models import AuditEvent
 from apps.registry import access
@@ -18,7 +16,7 @@ from apps.registry.services import (
     version_update,
 )
 from registry_site.api_errors import ApiError, Conflict
-from tests.conftest import make_user
+from tests.conftest import make_user, run_concurrently
 from tests.registry.conftest import fullwidth
 
 pytestmark = pytest.mark.django_db
@@ -313,31 +311,10 @@ def test_version_update_validates_tags(owner, version):
 # --- concurrency (real transactions on PostgreSQL) --------------------------------------------
 
 
-def _run_concurrently(count: int, work) -> list:
-    barrier = threading.Barrier(count)
-    results: list = [None] * count
-
-    def run(index: int) -> None:
-        try:
-            barrier.wait()
-            results[index] = work(index)
-        except Exception as error:  # collected and asserted by the test
-            results[index] = error
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return results
-
-
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_version_creation_is_gapless(owner):
     model = model_create(actor=owner, name="busy")
-    results = _run_concurrently(20, lambda _: version_create(actor=owner, model=model).number)
+    results = run_concurrently(20, lambda _: version_create(actor=owner, model=model).number)
     assert sorted(results) == list(range(1, 21))
     numbers = ModelVersion.objects.filter(model=model).values_list("number", flat=True)
     assert sorted(numbers) == list(range(1, 21))
@@ -349,7 +326,7 @@ def test_concurrent_version_creation_is_gapless(owner):
 def test_concurrent_same_name_creation_has_one_winner(owner):
     users = [owner, *(make_user(f"racer{index}") for index in range(5))]
     names = ["race", "RACE", "Race", fullwidth("race"), "race", "rAcE"]
-    results = _run_concurrently(6, lambda i: model_create(actor=users[i], name=names[i]))
+    results = run_concurrently(6, lambda i: model_create(actor=users[i], name=names[i]))
     winners = [result for result in results if isinstance(result, RegisteredModel)]
     losers = [result for result in results if isinstance(result, Conflict)]
     assert (len(winners), len(losers)) == (1, 5)

@@ -3,10 +3,8 @@ number checked and bumped, the version inserted, its events appended (registry.s
 `_create_version_at_once`); a stale number, an archived model or waiting webhooks take the
 paths that keep numbers gapless and deliveries atomic."""
 
-import threading
-
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from apps.audit.models import AuditChainHead, AuditEvent, WebhookDelivery
@@ -15,6 +13,7 @@ from apps.registry.models import ModelVersion, RegisteredModel
 from apps.registry.services import model_archive, model_create, version_create
 from registry_site.api_errors import Conflict
 from tests.audit.test_record_many import hook
+from tests.conftest import run_concurrently
 
 EXTERNAL = "Files stay at the MLflow source."
 
@@ -99,27 +98,13 @@ def test_waiting_webhooks_take_the_locked_path_and_get_their_deliveries(alice):
 def test_concurrent_versions_of_one_model_are_numbered_without_gaps(alice):
     model = model_create(actor=alice, name="churn")
     writers, per_writer = 6, 4
-    barrier = threading.Barrier(writers)
-    errors: list[BaseException] = []
 
-    def write() -> None:
-        try:
-            mine = RegisteredModel.objects.get(pk=model.pk)
-            barrier.wait()
-            for _ in range(per_writer):
-                version_create(actor=alice, model=mine)
-        except BaseException as error:  # collected and re-raised in the main thread
-            errors.append(error)
-        finally:
-            connections.close_all()
+    def write(_: int) -> None:
+        mine = RegisteredModel.objects.get(pk=model.pk)
+        for _ in range(per_writer):
+            version_create(actor=alice, model=mine)
 
-    threads = [threading.Thread(target=write) for _ in range(writers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert not errors
+    assert run_concurrently(writers, write) == [None] * writers
     total = writers * per_writer
     numbers = sorted(ModelVersion.objects.values_list("number", flat=True))
     assert numbers == list(range(1, total + 1))
