@@ -288,17 +288,15 @@ def record_inserted(
         hooks = active_webhooks_sql({row["model_id"] for row in rows if row["model_id"]})
         if hooks is None:
             return None
-    for attempt in (1, 2):
-        try:
-            return _insert_and_append(plan, entries, rows, keyed, hooks)
-        except DatabaseError as error:
-            state = getattr(error.__cause__, "sqlstate", None)
-            if state == "RG002":
-                return None
-            if state != "RG001" or attempt == 2:
-                raise
+    try:
+        return _insert_and_append(plan, entries, rows, keyed, hooks)
+    except HeadMissing:
         _seed_head()  # the failed statement changed nothing; once more, onto the seeded head
-    return None  # not reached: the second attempt returns or raises
+    return _insert_and_append(plan, entries, rows, keyed, hooks)
+
+
+class HeadMissing(Exception):
+    """The chain head row was missing (guard RG001, migration audit.0006)."""
 
 
 def _keyed_fields(plan: Any, entry: AuditEntry, row: dict[str, Any]) -> dict[str, bool]:
@@ -329,7 +327,7 @@ def _insert_and_append(
     rows: list[dict[str, Any]],
     keyed: list[dict[str, bool]],
     hooks: tuple[str, list[Any]] | None,
-) -> list[AuditEvent]:
+) -> list[AuditEvent] | None:
     forms, values, form_params, row_params = [], [], [], []
     for entry, row, names in zip(entries, rows, keyed, strict=True):
         row["at"] = timezone.now()
@@ -344,9 +342,17 @@ def _insert_and_append(
     sql = _insert_append_sql.get(shape) or _compile_insert_append(
         shape, plan, forms, values, hooks_sql
     )
-    with _savepoint_in_a_transaction(), connection.cursor() as cursor:
-        cursor.execute(sql, [*plan.params, *form_params, *row_params, *hooks_params])
-        returned = cursor.fetchall()
+    try:
+        with _savepoint_in_a_transaction(), connection.cursor() as cursor:
+            cursor.execute(sql, [*plan.params, *form_params, *row_params, *hooks_params])
+            returned = cursor.fetchall()
+    except DatabaseError as error:
+        state = getattr(error.__cause__, "sqlstate", None)
+        if state == "RG002":
+            return None  # webhooks wait for these events
+        if state == "RG001":
+            raise HeadMissing from error
+        raise
     plan.assign_keys([(index, key) for index, key, *_ in returned if index >= 0])
     appended = sorted((key, prev, digest) for index, key, prev, digest in returned if index == -1)
     if not appended:

@@ -282,7 +282,7 @@ def version_create(
         for _ in range(_AT_ONCE_ATTEMPTS):
             done = _create_version_at_once(actor, version, fields, external_reason)
             if done is not False:
-                break
+                break  # True: created; None: webhooks wait, take the locked path
             _refresh_number(model)  # another creation took the number first
         if done:
             return version
