@@ -51,6 +51,23 @@ class MlflowLaneMiddleware:
         return self.get_response(request)
 
 
+class ApiContentSecurityPolicyMiddleware:
+    """The Content-Security-Policy of a JSON API answer: nothing may load from it and
+    nothing may frame it (`default-src 'none'; frame-ancestors 'none'`, as OWASP advises
+    for APIs). The pages' policy (django-csp) is built anew for every response, ~40 µs of
+    Python; this one is a constant. An answer that sets its own policy keeps it."""
+
+    POLICY = "default-src 'none'; frame-ancestors 'none'"
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        response.headers.setdefault("Content-Security-Policy", self.POLICY)
+        return response
+
+
 def _dispatch_mlflow(request: HttpRequest) -> HttpResponse:
     match = get_resolver(mlflow_urls.__name__).resolve(request.path_info)
     request.resolver_match = match

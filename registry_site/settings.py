@@ -79,10 +79,10 @@ MIDDLEWARE = [
 
 # The MLflow-compatible JSON API (registry_site/mlflow_urls.py) skips what it never uses —
 # static files, sessions, CSRF (Bearer/Basic only), messages, slash redirects — and keeps the
-# same security headers, audit context and error shape (docs/ARCHITECTURE.md).
+# security headers (with an API's CSP), audit context and error shape (docs/ARCHITECTURE.md).
 MLFLOW_LANE_MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "csp.middleware.CSPMiddleware",
+    "registry_site.middleware.ApiContentSecurityPolicyMiddleware",
     "apps.audit.middleware.RequestContextMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "registry_site.middleware.ApiErrorMiddleware",

@@ -53,6 +53,7 @@ def test_mlflow_answers_carry_the_security_headers_and_a_request_id(client, ml_m
     assert missing.json()["error_code"] == "ENDPOINT_NOT_FOUND"
     for response in (ok, missing):
         assert_security_headers(response)
+        assert response["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'"
         assert re.fullmatch(r"[0-9a-f]{32}", response["X-Request-ID"])
 
 
