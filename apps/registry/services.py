@@ -9,7 +9,7 @@ the only permission question answered here is which parent versions the actor ma
 from datetime import datetime
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
 from django.db.models import Model, Q
 from django.utils import timezone
 
@@ -319,7 +319,7 @@ def _create_version_at_once(
         version,
         _TAKE_EXPECTED_NUMBER.format(table=table),
         expected,
-        connection,
+        connections[DEFAULT_DB_ALIAS],  # the wrapper itself: the proxy costs per value bound
         now=now,
     )
     entries = _version_entries(version, fields, [], external_reason)
