@@ -33,7 +33,7 @@ class MlflowLaneMiddleware:
 
     Those endpoints authenticate every call by its Authorization header and never read a
     cookie, a session, a message or a static file, yet the full chain costs about as much
-    Python as a cheap call's own work. Under `mlflow_urls.PREFIXES` a request goes through
+    Python as a cheap call's own work. Under `mlflow_urls.LANE_PREFIXES` a request goes through
     the short chain to the view that `mlflow_urls` resolves (the same as the root URLconf
     resolves there); any other request goes on down the full chain. First in MIDDLEWARE.
     """
@@ -46,7 +46,7 @@ class MlflowLaneMiddleware:
         self.lane = handler
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.path_info.startswith(mlflow_urls.PREFIXES):
+        if request.path_info.startswith(mlflow_urls.LANE_PREFIXES):
             return self.lane(request)
         return self.get_response(request)
 

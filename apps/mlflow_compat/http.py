@@ -194,6 +194,33 @@ def route(**handlers: Handler) -> Callable[..., HttpResponse]:
     return view
 
 
+# What `GET /api/3.0/mlflow/server-info` tells an MLflow 3 client before it signs in (as
+# MLflow's server, no credentials needed): none of the optional MLflow server features. The
+# client then uploads artifacts in one request, not in parts and not presigned, and skips
+# workspaces. `store_type` names MLflow's own stores ("SqlStore", "FileStore"): neither here.
+SERVER_INFO = {
+    "store_type": None,
+    "workspaces_enabled": False,
+    "trace_archival_enabled": False,
+    "multipart_uploads_enabled": False,
+    "multipart_downloads_enabled": False,
+    "presigned_upload_run_id_supported": False,
+    "presigned_upload_model_id_supported": False,
+    "features_enabled": {"gateway": False},
+}
+
+
+@csrf_exempt
+def server_info(request: HttpRequest) -> HttpResponse:
+    """The capabilities an MLflow 3 client asks for (no authentication, as in MLflow)."""
+    if request.method not in ("GET", "HEAD"):
+        message = f"{request.method} is not allowed on {request.path}; use GET."
+        response = MlflowError(ENDPOINT_NOT_FOUND, message, status=405).response()
+        response["Allow"] = "GET, HEAD"
+        return response
+    return JsonResponse(SERVER_INFO)
+
+
 @csrf_exempt
 def endpoint_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
     """Any other path under the MLflow prefixes: ENDPOINT_NOT_FOUND, as MLflow answers."""

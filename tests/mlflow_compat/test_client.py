@@ -14,6 +14,8 @@ import pytest
 import requests
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.utils.rest_utils import MlflowHostCreds
+from mlflow.utils.server_info import fetch_server_info
 
 from apps.accounts.models import TokenScope
 from apps.approvals.models import PromotionRequest, PromotionStatus, StagePolicy
@@ -288,3 +290,11 @@ def _no_outbound_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     monkeypatch.setattr(socket.socket, "connect", loopback_only)
     yield
+
+
+def test_the_stock_client_reads_server_info_without_credentials(live_server):
+    info = fetch_server_info(MlflowHostCreds(host=live_server.url))
+
+    assert info.status_code == 200
+    assert info.data["multipart_uploads_enabled"] is False
+    assert info.data["workspaces_enabled"] is False
