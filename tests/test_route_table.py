@@ -61,6 +61,9 @@ def mlflow_routes() -> list[str]:
         and "<" not in template
         # create names a new model, not an existing one: a taken name must say so.
         and not template.endswith("registered-models/create")
+        # MLflow 3's capability probe answers anyone, as MLflow's does, and names no model
+        # (tests/mlflow_compat/test_server_info.py).
+        and not template.endswith("server-info")
         # Tracking routes name the caller's own runs, never a model (tests/mlflow_compat).
         and not template.split("mlflow/", 1)[1].startswith(TRACKING_ROUTES)
     )
