@@ -399,7 +399,9 @@ class TogetherPlan:
     `shape` identifies the SQL (cache it by that); `params` are its parameters, in order;
     `ctes()` and `selects()` are the statement's parts (`sN AS (…)` and `SELECT N, key FROM
     sN`); `key_of(obj)` is an SQL expression for the new key of a row inserted here, and
-    `assign_keys(rows)` sets the keys from the rows the selects returned.
+    `assign_keys(rows)` sets the keys from the rows the selects returned. `connection` is a
+    database wrapper (`connections[alias]`), not `django.db.connection`: that proxy looks the
+    wrapper up on every attribute read, several times for each value bound.
     """
 
     def __init__(self, steps: tuple[InsertStep, ...], connection: Any) -> None:
@@ -475,7 +477,8 @@ class AfterPlan:
     """One row inserted only if a statement before it returns a row, as CTEs (PostgreSQL):
     `before AS (<before>), s0 AS (INSERT … SELECT <values> FROM before RETURNING key)`.
     E.g. a version inserted only if the UPDATE of its model's counter found the model as
-    expected. The interface of `TogetherPlan`, for `apps.audit.services.record_inserted`.
+    expected. The interface of `TogetherPlan` (a wrapper as `connection`, as there), for
+    `apps.audit.services.record_inserted`.
     """
 
     gate = "s0"
