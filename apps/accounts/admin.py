@@ -21,6 +21,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 
 from apps.accounts import services
 from apps.accounts.models import ApiToken, User
+from apps.registry import access
 from registry_site.api_errors import ApiError
 
 ADMIN_FLAGS = ("is_active", "is_staff", "is_superuser")
@@ -92,6 +93,8 @@ class UserAdmin(ServiceRefusalAsMessage, DjangoUserAdmin):
             services.user_admin_update(
                 actor=request.user, user=user, permissions=permissions, **flags
             )
+            if "is_active" in form.changed_data and not user.is_active:
+                _warn_of_ownerless_models(self, request, user)
         if teams is not None:
             _set_teams(request.user, user, set(teams))
 
@@ -110,6 +113,21 @@ class UserAdmin(ServiceRefusalAsMessage, DjangoUserAdmin):
                         actor=request.user, user=target, action="user.password_set"
                     )
         return response
+
+
+def _warn_of_ownerless_models(admin_view: Any, request: HttpRequest, user: User) -> None:
+    orphaned = access.models_left_without_an_owner(user)
+    if not orphaned:
+        return
+    shown = ", ".join(model.name for model in orphaned[:10])
+    more = f" and {len(orphaned) - 10} more" if len(orphaned) > 10 else ""
+    admin_view.message_user(
+        request,
+        f"Deactivated “{user.get_username()}”, the last owner of {len(orphaned)} model(s): "
+        f"{shown}{more}. Until someone is made owner (each model's Access page), only "
+        "superusers can manage them.",
+        messages.WARNING,
+    )
 
 
 def _set_teams(actor: User, user: User, wanted: set[Group]) -> None:

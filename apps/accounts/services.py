@@ -3,6 +3,7 @@ its audit event."""
 
 import re
 from datetime import timedelta
+from typing import Any
 
 from django.contrib.auth.models import Group
 from django.db import IntegrityError, transaction
@@ -363,7 +364,11 @@ def user_admin_update(
     """An admin's change to an account: activation ("user.activated"/"user.deactivated") and
     privileges (staff, superuser, global permissions: "user.privileges_changed" with before
     and after). Only what really changes is saved and recorded. A deactivated user's session
-    and API tokens stop working on their next request (both check `is_active`)."""
+    and API tokens stop working on their next request (both check `is_active`).
+
+    Deactivating is never refused, not even for a model's last owner: an account must be
+    stoppable at once. The models it leaves without an owner (only superusers can manage
+    them until someone is made owner) are named in "user.deactivated"."""
     locked = User.objects.select_for_update().get(pk=user.pk)
     flags = _set_user_flags(
         locked, {"is_active": is_active, "is_staff": is_staff, "is_superuser": is_superuser}
@@ -372,11 +377,17 @@ def user_admin_update(
         setattr(user, flag, value)
     if "is_active" in flags:
         active = flags.pop("is_active")
+        activation: dict[str, Any] = {
+            "before": {"is_active": not active},
+            "after": {"is_active": active},
+        }
+        if not active:
+            activation.update(_ownerless_models(locked))
         audit_record(
             actor=actor,
             action="user.activated" if active else "user.deactivated",
             target=locked,
-            changes={"before": {"is_active": not active}, "after": {"is_active": active}},
+            changes=activation,
         )
     changes = {"before": {flag: not value for flag, value in flags.items()}, "after": flags}
     labels = _set_user_permissions(locked, permissions)
@@ -386,6 +397,18 @@ def user_admin_update(
     if changes["after"]:
         audit_record(actor=actor, action="user.privileges_changed", target=locked, changes=changes)
     return user
+
+
+ORPHANS_NAMED = 100  # names kept in the event; the count is always whole
+
+
+def _ownerless_models(user: User) -> dict[str, Any]:
+    """{"left_without_an_owner": {"count", "models"}} for `user`'s deactivation, or {}."""
+    orphaned = access.models_left_without_an_owner(user)
+    if not orphaned:
+        return {}
+    names = [model.name for model in orphaned[:ORPHANS_NAMED]]
+    return {"left_without_an_owner": {"count": len(orphaned), "models": names}}
 
 
 @transaction.atomic

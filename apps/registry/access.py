@@ -414,6 +414,43 @@ def owner_count(model: RegisteredModel, *, excluding: Principal | None = None) -
     return _count_owners(users, "user", model) + _count_owners(groups, "group", model)
 
 
+def models_left_without_an_owner(user: Any) -> list[RegisteredModel]:
+    """The models `user` owns (themselves or through a team) that no one else would own if
+    `user` were deactivated: no other active user holding the owner role, no team holding it
+    with another active member. By name; at most five queries, whatever the number of models."""
+    teams = Group.objects.filter(user=user).values("pk")
+    mine = _owned_models(
+        RegisteredModelUserObjectPermission.objects.filter(user=user), "user"
+    ) | _owned_models(RegisteredModelGroupObjectPermission.objects.filter(group__in=teams), "group")
+    if not mine:
+        return []
+    others = get_user_model().objects.filter(is_active=True).exclude(pk=user.pk)
+    kept = _owned_models(
+        RegisteredModelUserObjectPermission.objects.filter(
+            content_object__in=mine, user__in=others.values("pk")
+        ),
+        "user",
+    ) | _owned_models(
+        RegisteredModelGroupObjectPermission.objects.filter(
+            content_object__in=mine, group__in=Group.objects.filter(user__in=others).values("pk")
+        ),
+        "group",
+    )
+    return list(RegisteredModel.objects.filter(pk__in=mine - kept).order_by("name"))
+
+
+def _owned_models(queryset: QuerySet, key: str) -> set[int]:
+    """Ids of the models on which a principal in `queryset` holds every owner permission."""
+    owner = ROLE_PERMISSIONS["owner"]
+    return set(
+        queryset.filter(permission__codename__in=owner)
+        .values(key, "content_object")
+        .annotate(held=Count("permission", distinct=True))
+        .filter(held=len(owner))
+        .values_list("content_object", flat=True)
+    )
+
+
 def _count_owners(queryset: QuerySet, key: str, model: RegisteredModel) -> int:
     """Principals in `queryset` holding every permission of the owner role on `model`."""
     owner = ROLE_PERMISSIONS["owner"]
