@@ -125,7 +125,7 @@ def _warn_of_ownerless_models(admin_view: Any, request: HttpRequest, user: User)
         request,
         f"Deactivated “{user.get_username()}”, the last owner of {len(orphaned)} model(s): "
         f"{shown}{more}. Until someone is made owner (each model's Access page), only "
-        "superusers can manage them.",
+        "superusers can manage them; the models list filters them as “No active owner”.",
         messages.WARNING,
     )
 

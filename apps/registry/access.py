@@ -439,10 +439,24 @@ def models_left_without_an_owner(user: Any) -> list[RegisteredModel]:
     return list(RegisteredModel.objects.filter(pk__in=mine - kept).order_by("name"))
 
 
+def without_an_active_owner(models_: QuerySet) -> QuerySet:
+    """`models_` that no active user owns, nor any team with an active member (one query)."""
+    active_teams = Group.objects.filter(user__is_active=True).values("pk")
+    users = RegisteredModelUserObjectPermission.objects.filter(user__is_active=True)
+    groups = RegisteredModelGroupObjectPermission.objects.filter(group__in=active_teams)
+    return models_.exclude(pk__in=_owning(users, "user")).exclude(pk__in=_owning(groups, "group"))
+
+
 def _owned_models(queryset: QuerySet, key: str) -> set[int]:
     """Ids of the models on which a principal in `queryset` holds every owner permission."""
+    return set(_owning(queryset, key))
+
+
+def _owning(queryset: QuerySet, key: str) -> QuerySet:
+    """The ids (`content_object`) of the models on which a principal in `queryset` (its
+    column `key`) holds every owner permission, as a subquery."""
     owner = ROLE_PERMISSIONS["owner"]
-    return set(
+    return (
         queryset.filter(permission__codename__in=owner)
         .values(key, "content_object")
         .annotate(held=Count("permission", distinct=True))

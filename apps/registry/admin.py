@@ -122,11 +122,26 @@ class ArchivedFilter(admin.SimpleListFilter):
         return queryset
 
 
+class OwnerFilter(admin.SimpleListFilter):
+    """Models nobody can manage but superusers: e.g. after their last owner was deactivated."""
+
+    title = "owner"
+    parameter_name = "owner"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("none", "No active owner")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "none":
+            return access.without_an_active_owner(queryset)
+        return queryset
+
+
 @admin.register(RegisteredModel)
 class RegisteredModelAdmin(MissingIsNotFound, GuardedModelAdmin):
     form = RegisteredModelAdminForm
     list_display = ("name", "visibility", "archived", "created_by", "created_at")
-    list_filter = ("visibility", ArchivedFilter)
+    list_filter = ("visibility", ArchivedFilter, OwnerFilter)
     list_select_related = ("created_by",)
     search_fields = ("name",)
     fields = ("name", *EDITABLE_FIELDS, "created_by", "created_at", "archived_at")

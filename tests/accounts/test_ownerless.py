@@ -142,3 +142,32 @@ def test_the_admin_does_not_warn_when_someone_else_still_owns_them(client, super
 
     assert response.status_code == 200
     assert "last owner" not in response.content.decode()
+
+
+MODELS = reverse("admin:registry_registeredmodel_changelist")
+
+
+def test_the_models_list_filters_the_models_without_an_active_owner(
+    client, superuser, estate, django_assert_max_num_queries
+):
+    user_admin_update(actor=superuser, user=estate, is_active=False)
+    client.force_login(superuser)
+
+    with django_assert_max_num_queries(20):
+        response = client.get(MODELS, {"owner": "none"})
+
+    listed = {model.name for model in response.context["cl"].result_list}
+    assert listed == {"alone-by-team", "solo", "with-inactive"}
+    assert "No active owner" in response.content.decode()
+    unfiltered = client.get(MODELS).context["cl"].result_list
+    assert {"shared", "kept-by-team", "carols"} <= {model.name for model in unfiltered}
+
+
+def test_without_an_active_owner_agrees_with_the_deactivation_report(estate):
+    names = [model.name for model in access.models_left_without_an_owner(estate)]
+    estate.is_active = False
+    estate.save(update_fields=["is_active"])
+
+    ownerless = access.without_an_active_owner(RegisteredModel.objects.order_by("name"))
+
+    assert [model.name for model in ownerless] == names
