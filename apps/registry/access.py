@@ -417,39 +417,32 @@ def owner_count(model: RegisteredModel, *, excluding: Principal | None = None) -
 def models_left_without_an_owner(user: Any) -> list[RegisteredModel]:
     """The models `user` owns (themselves or through a team) that no one else would own if
     `user` were deactivated: no other active user holding the owner role, no team holding it
-    with another active member. By name; at most five queries, whatever the number of models."""
-    teams = Group.objects.filter(user=user).values("pk")
-    mine = _owned_models(
-        RegisteredModelUserObjectPermission.objects.filter(user=user), "user"
-    ) | _owned_models(RegisteredModelGroupObjectPermission.objects.filter(group__in=teams), "group")
-    if not mine:
-        return []
-    others = get_user_model().objects.filter(is_active=True).exclude(pk=user.pk)
-    kept = _owned_models(
-        RegisteredModelUserObjectPermission.objects.filter(
-            content_object__in=mine, user__in=others.values("pk")
-        ),
-        "user",
-    ) | _owned_models(
-        RegisteredModelGroupObjectPermission.objects.filter(
-            content_object__in=mine, group__in=Group.objects.filter(user__in=others).values("pk")
-        ),
-        "group",
+    with another active member. By name; one query, whatever the number of models."""
+    own_grants = RegisteredModelUserObjectPermission.objects.filter(user=user)
+    team_grants = RegisteredModelGroupObjectPermission.objects.filter(
+        group__in=Group.objects.filter(user=user).values("pk")
     )
-    return list(RegisteredModel.objects.filter(pk__in=mine - kept).order_by("name"))
+    owned = RegisteredModel.objects.filter(
+        Q(pk__in=_owning(own_grants, "user")) | Q(pk__in=_owning(team_grants, "group"))
+    )
+    others = get_user_model().objects.filter(is_active=True).exclude(pk=user.pk)
+    return list(_owned_by_none_of(owned, others).order_by("name"))
 
 
 def without_an_active_owner(models_: QuerySet) -> QuerySet:
     """`models_` that no active user owns, nor any team with an active member (one query)."""
-    active_teams = Group.objects.filter(user__is_active=True).values("pk")
-    users = RegisteredModelUserObjectPermission.objects.filter(user__is_active=True)
-    groups = RegisteredModelGroupObjectPermission.objects.filter(group__in=active_teams)
-    return models_.exclude(pk__in=_owning(users, "user")).exclude(pk__in=_owning(groups, "group"))
+    return _owned_by_none_of(models_, get_user_model().objects.filter(is_active=True))
 
 
-def _owned_models(queryset: QuerySet, key: str) -> set[int]:
-    """Ids of the models on which a principal in `queryset` holds every owner permission."""
-    return set(_owning(queryset, key))
+def _owned_by_none_of(models_: QuerySet, users: QuerySet) -> QuerySet:
+    """`models_` that none of `users` owns, nor any team with a member among them."""
+    user_grants = RegisteredModelUserObjectPermission.objects.filter(user__in=users.values("pk"))
+    team_grants = RegisteredModelGroupObjectPermission.objects.filter(
+        group__in=Group.objects.filter(user__in=users.values("pk")).values("pk")
+    )
+    return models_.exclude(pk__in=_owning(user_grants, "user")).exclude(
+        pk__in=_owning(team_grants, "group")
+    )
 
 
 def _owning(queryset: QuerySet, key: str) -> QuerySet:

@@ -60,15 +60,15 @@ def test_finding_them_takes_the_same_queries_for_one_model_or_many(
     alice, django_assert_max_num_queries
 ):
     sole_models(alice, 1)
-    with django_assert_max_num_queries(5):
+    with django_assert_max_num_queries(1):
         assert len(access.models_left_without_an_owner(alice)) == 1
     sole_models(alice, 6, prefix="more")
-    with django_assert_max_num_queries(5):
+    with django_assert_max_num_queries(1):
         assert len(access.models_left_without_an_owner(alice)) == 7
 
 
 def test_someone_who_owns_nothing_leaves_nothing(alice, django_assert_max_num_queries):
-    with django_assert_max_num_queries(2):
+    with django_assert_max_num_queries(1):
         assert access.models_left_without_an_owner(alice) == []
 
 
