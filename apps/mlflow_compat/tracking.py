@@ -11,6 +11,7 @@ from the run, with the run's metrics and params in the event.
 """
 
 import math
+import posixpath
 import re
 import time
 import uuid
@@ -58,11 +59,20 @@ def now_ms() -> int:
 
 
 def _key(key: Any, what: str) -> str:
-    """An MLflow key: letters, digits, `_ - . space / :`, at most 250 characters."""
+    """An MLflow key: letters, digits, `_ - . space / :`, at most 250 characters, and (as
+    MLflow's server checks, since its file store makes keys file names) a path that names
+    only itself: no `..`, no leading `/`, nothing `normpath` would rewrite (`a//b`, `a/`)."""
     if not isinstance(key, str) or not key or len(key) > MAX_KEY_CHARS or not _KEY.fullmatch(key):
         raise invalid(
             f"Invalid {what} name: {str(key)[:80]!r}. Names may only contain alphanumerics, "
             f"underscores, dashes, periods, spaces, slashes and colons (at most {MAX_KEY_CHARS})."
+        )
+    normalized = posixpath.normpath(key)
+    if normalized != key or normalized == "." or normalized.startswith(("..", "/")):
+        raise invalid(
+            f"Invalid {what} name: {key[:80]!r}. Names may be treated as files in certain "
+            "cases, and must not resolve to other names when treated as such. This name would "
+            f"resolve to {normalized[:80]!r}."
         )
     return key
 

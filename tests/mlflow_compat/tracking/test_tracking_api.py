@@ -394,6 +394,21 @@ def test_another_users_run_as_a_source_copies_nothing(as_bob, bob, alices_things
             {"metrics": [metric("auc", 0.5)], "tags": [{"key": "bad\nkey", "value": "1"}]},
             r"Invalid tag name.*",
         ),
+        # MLflow's path rule: a key must not resolve to another name as a file path.
+        (
+            {"metrics": [metric("auc", 0.5), metric("../x", 1.0)]},
+            r"Invalid metric name: '\.\./x'\. Names may be treated as files.*",
+        ),
+        (
+            {"metrics": [metric("auc", 0.5)], "params": [{"key": "/etc/C", "value": "1"}]},
+            r"Invalid param name: '/etc/C'\. .* would resolve to '/etc/C'\.",
+        ),
+        (
+            {"metrics": [metric("auc", 0.5)], "tags": [{"key": "a//b", "value": "1"}]},
+            r"Invalid tag name: 'a//b'\. .* would resolve to 'a/b'\.",
+        ),
+        ({"metrics": [metric("auc", 0.5)], "params": [{"key": ".", "value": "1"}]}, r"Invalid.*"),
+        ({"metrics": [metric("auc", 0.5)], "params": [{"key": "a/", "value": "1"}]}, r"Invalid.*"),
     ],
 )
 def test_a_bad_batch_stores_nothing_of_itself(as_alice, batch, message):
