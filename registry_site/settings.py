@@ -168,6 +168,8 @@ AXES_CLIENT_IP_CALLABLE = "apps.accounts.lockout.lockout_client_ip"
 AXES_LOCKOUT_TEMPLATE = "accounts/locked.html"
 # Sign-ins and sign-outs are already in the audit log; no second copy of ips and user agents.
 AXES_DISABLE_ACCESS_LOG = True
+# Regent registers the lockouts' admin itself: lifting one (deleting it there) is audited.
+AXES_ENABLE_ADMIN = False
 
 # --- Sessions, cookies, security headers ----------------------------------------------------
 SESSION_COOKIE_HTTPONLY = True

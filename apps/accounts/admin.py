@@ -10,6 +10,8 @@ deactivated, tokens revoked.
 
 from typing import Any
 
+from axes.admin import AccessAttemptAdmin
+from axes.models import AccessAttempt
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
@@ -227,3 +229,15 @@ class ApiTokenAdmin(admin.ModelAdmin):
             services.token_revoke(token=token, actor=request.user)
             revoked += 1
         self.message_user(request, f"{revoked} token(s) revoked.", messages.SUCCESS)
+
+
+@admin.register(AccessAttempt)
+class AuditedAccessAttemptAdmin(AccessAttemptAdmin):
+    """django-axes' failed sign-ins and lockouts (AXES_ENABLE_ADMIN is off: this replaces its
+    admin). Deleting a record lifts its lockout at once; `lockouts_lift` audits that."""
+
+    def delete_model(self, request: HttpRequest, obj: AccessAttempt) -> None:
+        services.lockouts_lift(actor=request.user, attempts=[obj])
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet) -> None:
+        services.lockouts_lift(actor=request.user, attempts=list(queryset))

@@ -5,13 +5,15 @@ import re
 from datetime import timedelta
 from typing import Any
 
+from axes.models import AccessAttempt
+from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.accounts.models import ApiToken, TokenScope, User
 from apps.accounts.tokens import NewToken, digest_matches, generate_token, split_token
-from apps.audit.services import audit_record
+from apps.audit.services import AuditEntry, audit_record, audit_record_many
 from apps.registry import access
 from apps.registry.models import RegisteredModel
 from registry_site.api_errors import ApiError, Conflict, Forbidden, NotFound
@@ -397,6 +399,36 @@ def user_admin_update(
     if changes["after"]:
         audit_record(actor=actor, action="user.privileges_changed", target=locked, changes=changes)
     return user
+
+
+@transaction.atomic
+def lockouts_lift(*, actor: User, attempts: list[AccessAttempt]) -> int:
+    """Delete django-axes' failure records (which lifts a lockout at once), one
+    "user.lockout_lifted" event each, naming the account (if it exists), the client address
+    and how many failures it held. Returns how many were deleted."""
+    usernames = {attempt.username for attempt in attempts if attempt.username}
+    accounts = {user.username: user for user in User.objects.filter(username__in=usernames)}
+    entries = [
+        AuditEntry(
+            action="user.lockout_lifted",
+            target=accounts.get(attempt.username or ""),
+            changes={
+                "username": attempt.username or "",
+                "ip_address": attempt.ip_address or "",
+                "failures": attempt.failures_since_start,
+                "locked": attempt.failures_since_start >= _failure_limit(),
+            },
+        )
+        for attempt in attempts
+    ]
+    if entries:
+        audit_record_many(actor=actor, entries=entries)
+    deleted, _ = AccessAttempt.objects.filter(pk__in=[a.pk for a in attempts]).delete()
+    return deleted
+
+
+def _failure_limit() -> int:
+    return int(getattr(settings, "AXES_FAILURE_LIMIT", 0) or 0)
 
 
 ORPHANS_NAMED = 100  # names kept in the event; the count is always whole
