@@ -26,6 +26,9 @@ def test_a_lockout_is_recorded_once_naming_the_account(client, alice):
     assert (event.target_type, event.target_id) == ("accounts.user", str(alice.pk))
     assert event.changes == {"username": "alice", "minutes": 15}
     assert event.ip == IP
+    # Each attempt refused while the lock holds is one more.
+    assert is_locked(sign_in(client, "alice", PASSWORD))
+    assert len(events("user.locked_out")) == 2
 
 
 def test_a_lockout_of_an_unknown_name_has_no_target(client):
