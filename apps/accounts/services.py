@@ -416,7 +416,7 @@ def lockouts_lift(*, actor: User, attempts: list[AccessAttempt]) -> int:
                 "username": attempt.username or "",
                 "ip_address": attempt.ip_address or "",
                 "failures": attempt.failures_since_start,
-                "locked": attempt.failures_since_start >= _failure_limit(),
+                "locked": attempt.failures_since_start >= settings.AXES_FAILURE_LIMIT,
             },
         )
         for attempt in attempts
@@ -425,10 +425,6 @@ def lockouts_lift(*, actor: User, attempts: list[AccessAttempt]) -> int:
         audit_record_many(actor=actor, entries=entries)
     deleted, _ = AccessAttempt.objects.filter(pk__in=[a.pk for a in attempts]).delete()
     return deleted
-
-
-def _failure_limit() -> int:
-    return int(getattr(settings, "AXES_FAILURE_LIMIT", 0) or 0)
 
 
 ORPHANS_NAMED = 100  # names kept in the event; the count is always whole

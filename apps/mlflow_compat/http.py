@@ -181,10 +181,7 @@ def route(**handlers: Handler) -> Callable[..., HttpResponse]:
     def view(request: HttpRequest, **path_params: str) -> HttpResponse:
         handler = by_method.get(request.method or "")
         if handler is None:
-            message = f"{request.method} is not allowed on {request.path}; use {allowed}."
-            response = MlflowError(ENDPOINT_NOT_FOUND, message, status=405).response()
-            response["Allow"] = allowed
-            return response
+            return method_not_allowed(request, allowed)
         try:
             return _respond(handler, request, path_params)
         except Exception as error:  # every failure answers in MLflow's shape
@@ -214,11 +211,16 @@ SERVER_INFO = {
 def server_info(request: HttpRequest) -> HttpResponse:
     """The capabilities an MLflow 3 client asks for (no authentication, as in MLflow)."""
     if request.method not in ("GET", "HEAD"):
-        message = f"{request.method} is not allowed on {request.path}; use GET."
-        response = MlflowError(ENDPOINT_NOT_FOUND, message, status=405).response()
-        response["Allow"] = "GET, HEAD"
-        return response
+        return method_not_allowed(request, "GET, HEAD")
     return JsonResponse(SERVER_INFO)
+
+
+def method_not_allowed(request: HttpRequest, allowed: str) -> HttpResponse:
+    """405 in MLflow's shape, with `Allow`."""
+    message = f"{request.method} is not allowed on {request.path}; use {allowed}."
+    response = MlflowError(ENDPOINT_NOT_FOUND, message, status=405).response()
+    response["Allow"] = allowed
+    return response
 
 
 @csrf_exempt

@@ -460,14 +460,7 @@ def _owning(queryset: QuerySet, key: str) -> QuerySet:
 
 def _count_owners(queryset: QuerySet, key: str, model: RegisteredModel) -> int:
     """Principals in `queryset` holding every permission of the owner role on `model`."""
-    owner = ROLE_PERMISSIONS["owner"]
-    return (
-        queryset.filter(content_object=model, permission__codename__in=owner)
-        .values(key)
-        .annotate(held=Count("permission", distinct=True))
-        .filter(held=len(owner))
-        .count()
-    )
+    return _owning(queryset.filter(content_object=model), key).count()
 
 
 def _refuse_anonymous(principal: Principal) -> None:
