@@ -1,14 +1,14 @@
 """The same model registry workload against Regent's MLflow API and a real `mlflow server`.
 
     .venv/bin/python -m bench.mlflow_api [--quick] [--only regent|mlflow] [--keep]
-                                         [--port 8790] [--gunicorn-config PATH]
+                                         [--port 8790]
 
 1. MLflow: a throwaway virtualenv under var/bench/mlflow-venv (reused while it holds the
    wanted version) with `pip install mlflow==3.17.2`, the full server. It is started twice
    on loopback, each time on a fresh SQLite file (`mlflow db upgrade` first, not timed):
    as shipped (`mlflow server`, 4 uvicorn workers and the job runner) and lean
    (`--workers 1`, `MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`: the API only).
-2. Regent: gunicorn with registry_site/gunicorn.conf.py (the production config) and a real
+2. Regent: its production web server (`python -m registry_site.serve`: granian) and a real
    Celery worker (`celery -A registry_site worker -P threads -c 4`, as in
    docs/OPERATIONS.md) on the bench PostgreSQL database and Redis db 14, as user
    `bench-mlflow` with a read-write token.
@@ -68,7 +68,6 @@ START_TIMEOUT = 180.0  # MLflow as shipped takes 6-30 s on two busy cores
 STOP_TIMEOUT = 15.0
 REQUEST_TIMEOUT = 120.0
 SEED = 20_240_601
-GUNICORN_CONFIG = "registry_site/gunicorn.conf.py"
 # MLflow 3 clients and servers fetch a telemetry config from the internet: loopback only here.
 NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
@@ -109,11 +108,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=25,
         help="calls per turn when MLflow lean and Regent run side by side (0: skip that run)",
-    )
-    parser.add_argument(
-        "--gunicorn-config",
-        default=GUNICORN_CONFIG,
-        help="Regent's gunicorn config (to try a change on the same workload)",
     )
     return parser.parse_args(argv)
 
@@ -372,10 +366,11 @@ def compile_regent() -> None:
     subprocess.run(command, cwd=common.REPO_ROOT, check=True, capture_output=True)
 
 
-def start_regent_web(port: int, env: dict[str, str], config: str) -> Server:
-    command = [str(common.VENV_BIN / "gunicorn"), "-c", config]
-    command += ["registry_site.wsgi", "--bind", f"127.0.0.1:{port}"]
-    return launch("gunicorn", command, env, common.REPO_ROOT)
+def start_regent_web(port: int, env: dict[str, str]) -> Server:
+    """The production web server (`python -m registry_site.serve`); WEB_* variables set
+    around the bench reach it (to try a change on the same workload)."""
+    command = [str(common.VENV_BIN / "python"), "-m", "registry_site.serve"]
+    return launch("regent-web", command, {**env, "WEB_HOST": "127.0.0.1"}, common.REPO_ROOT)
 
 
 def start_regent_worker(env: dict[str, str]) -> Server:
@@ -730,20 +725,19 @@ def bench_mlflow(
 
 
 def bench_regent(
-    label: str, port: int, work: Workload, prefix: str, token: str, config: str
+    label: str, port: int, work: Workload, prefix: str, token: str
 ) -> tuple[list[RunResult], ServerFigures]:
     env = common.subprocess_env(**common.bench_env(broker=True, PORT=str(port)))
-    env.pop("GUNICORN_CMD_ARGS", None)
     os.environ["MLFLOW_TRACKING_TOKEN"] = token
     servers: list[Server] = []
     try:
         compile_regent()
         print(f"Starting {label}…", flush=True)
-        web = start_regent_web(port, env, config)
+        web = start_regent_web(port, env)
         servers.append(web)
         worker = start_regent_worker(env)
         servers.append(worker)
-        startup = wait_until(lambda: answers(port, "/healthz"), web, "gunicorn /healthz")
+        startup = wait_until(lambda: answers(port, "/healthz"), web, "regent-web /healthz")
         worker_startup = wait_until(
             lambda: " ready." in worker.log.read_text(errors="replace"), worker, "worker ready"
         )
@@ -774,22 +768,21 @@ def bench_regent(
 
 
 def bench_head_to_head(
-    port: int, work: Workload, prefixes: tuple[str, str], token: str, config: str, block: int
+    port: int, work: Workload, prefixes: tuple[str, str], token: str, block: int
 ) -> list[RunResult]:
     """MLflow lean and Regent up together, each driven with a new connection per request,
     in alternating turns (`run_alternating`)."""
     env = common.subprocess_env(**common.bench_env(broker=True, PORT=str(port + 1)))
-    env.pop("GUNICORN_CMD_ARGS", None)
     servers: list[Server] = []
     try:
         print("Starting MLflow lean and Regent side by side…", flush=True)
         mlflow_server = start_mlflow("mlflow-h2h", port, lean=True)
         servers.append(mlflow_server)
         compile_regent()
-        servers.append(start_regent_web(port + 1, env, config))
+        servers.append(start_regent_web(port + 1, env))
         servers.append(start_regent_worker(env))
         wait_until(lambda: answers(port, "/health"), mlflow_server, "MLflow /health")
-        wait_until(lambda: answers(port + 1, "/healthz"), servers[1], "gunicorn /healthz")
+        wait_until(lambda: answers(port + 1, "/healthz"), servers[1], "regent-web /healthz")
         time.sleep(2)
         clients = [
             (FreshClient(port, None), prefixes[0]),
@@ -949,11 +942,9 @@ def main(argv: list[str] | None = None) -> None:
                 figures.append(figure)
         if args.only != "mlflow":
             token = regent_token()
-            label = f"Regent ({Path(args.gunicorn_config).name})"
+            label = "Regent (registry_site.serve)"
             port = args.port + 2
-            found, figure = bench_regent(
-                label, port, work, regent_prefix, token, args.gunicorn_config
-            )
+            found, figure = bench_regent(label, port, work, regent_prefix, token)
             results += found
             figures.append(figure)
         if args.only is None and args.turns:
@@ -962,7 +953,6 @@ def main(argv: list[str] | None = None) -> None:
                 work,
                 (f"bh-{run_id}", f"{regent_prefix}-h2h"),
                 token,
-                args.gunicorn_config,
                 args.turns,
             )
     finally:

@@ -1,4 +1,4 @@
-"""Upload throughput, time to `ready` and memory, through a real gunicorn and Celery worker.
+"""Upload throughput, time to `ready` and memory, through the real web server and Celery worker.
 
     .venv/bin/python -m bench.upload [--mib 1024] [--port 8765] [--claim both|yes|no] [--keep]
 
@@ -6,12 +6,13 @@
 2. Reference: `shutil.copyfile` of it, then hashlib.sha256 over the copy (the physical
    floor for "receive + store + verify"). The page cache makes this optimistic: both files
    are likely in memory; the server's write and the worker's re-read are just as cached.
-3. Starts gunicorn (1 worker, 4 threads) and a Celery worker (solo pool) on the bench
+3. Starts `python -m registry_site.serve` (granian, 1 process, 4 threads) and a Celery
+   worker (solo pool) on the bench
    database and Redis db 14, creates a user, a write token, a model and a version through
    the API, streams the file with http.client (`Content-Length`, socket.sendfile), seals,
    and waits until the version is `ready`. With `--claim both`, once without and once with
    `X-Content-SHA256` (the client's hashing is timed separately and not counted).
-4. Samples VmRSS of the gunicorn master, its worker and the Celery worker every 100 ms
+4. Samples VmRSS of the server's main process, its worker and the Celery worker every 100 ms
    from /proc (baseline just before the upload, peak during upload + verify; where the
    kernel allows, VmHWM is reset at the baseline so the exact peak is reported too).
 
@@ -176,22 +177,14 @@ def wait_for(predicate: Any, process: Process, what: str) -> None:
     raise TimeoutError(f"{what} not after {START_TIMEOUT}s:\n{process.tail()}")
 
 
-GUNICORN_CONF = common.REPO_ROOT / "registry_site" / "gunicorn.conf.py"
-
-
-def gunicorn_command(port: int) -> list[str]:
-    """The production configuration when there is one, with the bench's size on top."""
-    command = [str(common.VENV_BIN / "gunicorn")]
-    if GUNICORN_CONF.exists():
-        command += ["-c", str(GUNICORN_CONF.relative_to(common.REPO_ROOT))]
-    command += ["registry_site.wsgi", "-b", f"127.0.0.1:{port}"]
-    return [*command, "-w", "1", "--threads", "4", "--timeout", "3600"]
+SERVER_COMMAND = [str(common.VENV_BIN / "python"), "-m", "registry_site.serve"]
 
 
 def start_server(port: int, env: dict[str, str]) -> Process:
-    command = gunicorn_command(port)
-    print(f"\n  server: {' '.join(command[1:])}", end="", flush=True)
-    server = start("gunicorn", command, env)
+    """The production server (its defaults), one process of 4 threads on the bench port."""
+    size = {"PORT": str(port), "WEB_HOST": "127.0.0.1", "WEB_WORKERS": "1", "WEB_THREADS": "4"}
+    print(f"\n  server: {' '.join(SERVER_COMMAND[1:])} ({size})", end="", flush=True)
+    server = start("regent-web", SERVER_COMMAND, {**env, **size})
 
     def healthy() -> bool:
         try:
@@ -200,7 +193,7 @@ def start_server(port: int, env: dict[str, str]) -> Process:
             return False
         return status == 200
 
-    wait_for(healthy, server, "gunicorn answering /healthz")
+    wait_for(healthy, server, "regent-web answering /healthz")
     return server
 
 
@@ -216,14 +209,14 @@ def start_worker(env: dict[str, str]) -> Process:
     return worker
 
 
-def gunicorn_worker_pid(master: int) -> int:
+def server_worker_pid(master: int) -> int:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         children = common.child_pids(master)
         if children:
             return children[0]
         time.sleep(0.1)
-    raise TimeoutError("gunicorn has no worker process")
+    raise TimeoutError("regent-web has no worker process")
 
 
 # --- HTTP -----------------------------------------------------------------------------------
@@ -400,7 +393,7 @@ def print_medians(results: list[RunResult], ref: Reference) -> None:
                     (track.peak_kib - track.baseline_kib) / 1024
                     for result in mine
                     for track in result.tracks
-                    if track.label == "gunicorn worker"
+                    if track.label == "web worker"
                 ),
             )
         )
@@ -468,14 +461,14 @@ def main(argv: list[str] | None = None) -> None:
     processes: list[Process] = []
     results: list[RunResult] = []
     try:
-        with common.step("Starting gunicorn (1 worker, 4 threads) and a Celery worker (solo)"):
+        with common.step("Starting regent-web (1 process, 4 threads) and a Celery worker (solo)"):
             server = start_server(args.port, env)
             processes.append(server)
             processes.append(start_worker(env))
         worker = processes[1]
         sampler = common.RssSampler(interval=args.interval)
-        sampler.add("gunicorn master", server.popen.pid)
-        sampler.add("gunicorn worker", gunicorn_worker_pid(server.popen.pid))
+        sampler.add("web main", server.popen.pid)
+        sampler.add("web worker", server_worker_pid(server.popen.pid))
         sampler.add("celery worker", worker.popen.pid)
         status, body = request("POST", args.port, "/api/v1/models", {"name": model_name}, token)
         expect(status, body, 201, "create model")
