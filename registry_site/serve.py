@@ -36,11 +36,12 @@
 """
 
 import os
-from collections.abc import Mapping
 from typing import Any
 
 from granian.constants import Interfaces
 from granian.log import LogLevels
+
+from registry_site.env import env_bool, env_int, env_str, stop_startup
 
 TARGET = "registry_site.wsgi:application"
 IDLE_THREAD_SECONDS = 600
@@ -74,17 +75,11 @@ LOGGING = {
 }
 
 
-class ConfigError(ValueError):
-    """A WEB_* variable that cannot be used; the message names it."""
-
-
-def _int(environ: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -> int:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) < minimum:
-        raise ConfigError(f"{name} must be a whole number of at least {minimum}, not {raw!r}.")
-    return int(raw)
+def _at_least(name: str, default: int, minimum: int = 1) -> int:
+    value = env_int(name, default)
+    if value < minimum:
+        stop_startup(f"{name} must be at least {minimum}, not {value}.")
+    return value
 
 
 def _cpus() -> int:
@@ -94,56 +89,43 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _log_level(environ: Mapping[str, str]) -> LogLevels:
-    raw = environ.get("WEB_LOG_LEVEL", "").strip().lower() or "info"
+def _log_level() -> LogLevels:
+    raw = (env_str("WEB_LOG_LEVEL") or "info").strip().lower()
     try:
         return LogLevels(raw)
     except ValueError:
         names = ", ".join(level.value for level in LogLevels)
-        raise ConfigError(f"WEB_LOG_LEVEL must be one of {names}, not {raw!r}.") from None
+        stop_startup(f"WEB_LOG_LEVEL must be one of {names}, not {raw!r}.")
 
 
-def _flag(environ: Mapping[str, str], name: str) -> bool:
-    raw = environ.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise ConfigError(f"{name} must be 1 or 0, not {raw!r}.")
-
-
-def server_options(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
-    """granian's settings for Regent, from the WEB_* variables (table above)."""
+def server_options() -> dict[str, Any]:
+    """granian's settings for Regent, from the WEB_* variables (table above); a bad value
+    stops start-up with one line naming it (registry_site.env)."""
     default_workers = min(max(_cpus() // 2, 1), 4)
-    workers = _int(environ, "WEB_WORKERS", _int(environ, "WEB_CONCURRENCY", default_workers))
-    max_rss = _int(environ, "WEB_MAX_RSS_MIB", 0, minimum=0)
+    max_rss = _at_least("WEB_MAX_RSS_MIB", 0, minimum=0)
     return {
         "target": TARGET,
         "interface": Interfaces.WSGI,
-        "address": environ.get("WEB_HOST", "").strip() or "0.0.0.0",  # noqa: S104
-        "port": _int(environ, "PORT", 8000),
-        "workers": workers,
-        "blocking_threads": _int(environ, "WEB_THREADS", 8),
+        "address": (env_str("WEB_HOST") or "").strip() or "0.0.0.0",  # noqa: S104
+        "port": _at_least("PORT", 8000),
+        "workers": _at_least("WEB_WORKERS", _at_least("WEB_CONCURRENCY", default_workers)),
+        "blocking_threads": _at_least("WEB_THREADS", 8),
         "blocking_threads_idle_timeout": IDLE_THREAD_SECONDS,
-        "backlog": _int(environ, "WEB_BACKLOG", 1024, minimum=128),
+        "backlog": _at_least("WEB_BACKLOG", 1024, minimum=128),
         "websockets": False,
         "respawn_failed_workers": True,
-        "workers_kill_timeout": _int(environ, "WEB_GRACEFUL_TIMEOUT", 30),
+        "workers_kill_timeout": _at_least("WEB_GRACEFUL_TIMEOUT", 30),
         "workers_max_rss": max_rss or None,
-        "log_level": _log_level(environ),
+        "log_level": _log_level(),
         "log_dictconfig": LOGGING,
-        "log_access": _flag(environ, "WEB_ACCESS_LOG"),
+        "log_access": env_bool("WEB_ACCESS_LOG"),
     }
 
 
 def main() -> None:
     from granian import Granian
 
-    try:
-        options = server_options()
-    except ConfigError as error:
-        raise SystemExit(f"regent-web: {error}") from None
-    Granian(**options).serve()
+    Granian(**server_options()).serve()
 
 
 if __name__ == "__main__":
