@@ -19,7 +19,8 @@
 - **Streaming**: request bodies reach Django as a stream (uploads of any size in constant
   memory, chunked ones too: granian sets `wsgi.input_terminated`) and streamed responses are
   sent as they are produced, with backpressure.
-- **TCP_NODELAY** is set on every connection, so a kept-alive connection has no
+- **TCP_NODELAY**: granian sets it on its listening sockets and Linux copies it to every
+  accepted connection (checked with strace), so a kept-alive connection has no
   Nagle/delayed-ACK stall (the stock MLflow client keeps connections open).
 - **workers**: one process per two CPUs: a process runs Python on one core at a time (the
   GIL) while its threads wait on PostgreSQL, storage and clients, and a database on the
