@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 export PORT REGENT_DATA_DIR
 
-.PHONY: run test lint worker beat format venv clean
+.PHONY: run serve test lint worker beat format venv clean
 
 # The virtualenv is rebuilt only when a lock file changes, so a second `make run` is fast.
 $(BIN)/.installed-runtime: requirements.lock
@@ -44,6 +44,10 @@ lint: $(BIN)/.installed-dev
 format: $(BIN)/.installed-dev
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# The production web server (granian), configured by the environment: docs/OPERATIONS.md.
+serve: $(BIN)/.installed-runtime
+	$(BIN)/python -m registry_site.serve
 
 worker: $(BIN)/.installed-runtime
 	$(BIN)/celery -A registry_site worker --loglevel=INFO -P threads -c 4

@@ -42,6 +42,7 @@ from typing import Any
 from granian.constants import Interfaces
 from granian.log import LogLevels
 
+from apps.approvals.logging import FILTER_CONFIG as REVIEW_LINK_FILTER
 from registry_site.env import env_bool, env_int, env_str, stop_startup
 
 TARGET = "registry_site.wsgi:application"
@@ -51,7 +52,7 @@ IDLE_THREAD_SECONDS = 600
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"redact_review_links": {"()": "apps.approvals.logging.RedactReviewLinks"}},
+    "filters": REVIEW_LINK_FILTER,
     "formatters": {
         "generic": {"format": "[%(levelname)s] %(message)s"},
         "access": {"format": "%(message)s"},

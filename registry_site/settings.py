@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import dj_database_url
 
+from apps.approvals.logging import FILTER_CONFIG as REVIEW_LINK_FILTER
 from registry_site.env import env_bool, env_int, env_list, env_str, stop_startup
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -320,7 +321,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     # Email approval links carry a token in their path: never let it reach a log line.
-    "filters": {"redact_review_links": {"()": "apps.approvals.logging.RedactReviewLinks"}},
+    "filters": REVIEW_LINK_FILTER,
     "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["redact_review_links"]}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL") or "INFO"},
     "loggers": {"django.db.backends": {"level": "WARNING"}},

@@ -12,6 +12,9 @@ import re
 from typing import Any
 
 REDACTED = "[redacted]"
+# The `filters` entry of a logging dictConfig that attaches this filter (settings.LOGGING,
+# registry_site.serve.LOGGING).
+FILTER_CONFIG = {"redact_review_links": {"()": "apps.approvals.logging.RedactReviewLinks"}}
 # `/` or its percent-encoding; the token ends at whitespace, a quote, or the end of the text.
 _TOKEN_IN_PATH = re.compile(r"(reviews(?:/|%2F)link(?:/|%2F))[^\s\"'<>]+", re.IGNORECASE)
 
